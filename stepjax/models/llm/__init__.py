@@ -1,0 +1,7 @@
+"""Decoder-only LMs: Llama-3, Qwen2/2.5/3 and Step1 (sqrt-ALiBi) shapes in one model."""
+
+from stepjax.models.llm.config import LLMConfig
+from stepjax.models.llm.model import DecoderLayer, DecoderLM
+from stepjax.models.llm.presets import PRESETS, llm_preset
+
+__all__ = ["PRESETS", "DecoderLM", "DecoderLayer", "LLMConfig", "llm_preset"]

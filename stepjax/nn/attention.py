@@ -1,0 +1,158 @@
+"""Multi-head attention with grouped KV heads (MHA / GQA / MQA), causal + segment masks, RoPE or ALiBi."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from stepjax.nn.linear import Einsum
+from stepjax.nn.norms import RMSNorm
+from stepjax.nn.positions import alibi_bias, alibi_slopes, apply_rope, rope_inv_freq
+from stepjax.sharding import constrain
+
+POSITION_KINDS = ("rope", "alibi", "sqrt_alibi", "none")
+_MASKED = -0.7 * float(jnp.finfo(jnp.float32).max)
+
+
+def attention_mask(
+    q_segment_ids: jax.Array,
+    k_segment_ids: jax.Array,
+    q_index: jax.Array | None = None,
+    k_index: jax.Array | None = None,
+    *,
+    causal: bool = True,
+) -> jax.Array:
+    """Boolean ``[batch, q_len, k_len]``: key ``j`` is visible to query ``i`` iff same segment (and ``j <= i``).
+
+    ``segment_ids`` number the samples packed in a row (padding is its own segment, conventionally 0). The causal
+    order uses the slot index in the row (``q_index``/``k_index``, default ``arange``), not the per-sample position.
+    """
+    mask = q_segment_ids[:, :, None] == k_segment_ids[:, None, :]
+    if causal:
+        if q_index is None:
+            q_index = jnp.arange(q_segment_ids.shape[1])[None, :]
+        if k_index is None:
+            k_index = jnp.arange(k_segment_ids.shape[1])[None, :]
+        mask = mask & (q_index[:, :, None] >= k_index[:, None, :])
+    return mask
+
+
+def dot_product_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    mask: jax.Array | None = None,
+    bias: jax.Array | None = None,
+    scale: float | None = None,
+) -> jax.Array:
+    """Softmax attention with grouped KV heads; logits and softmax in float32.
+
+    Args:
+      q: ``[batch, q_len, num_heads, head_dim]``.
+      k, v: ``[batch, k_len, num_kv_heads, head_dim]``; ``num_heads`` must be a multiple of ``num_kv_heads``.
+      mask: boolean ``[batch, q_len, k_len]`` (True = visible).
+      bias: additive ``[batch, num_heads, q_len, k_len]`` (e.g. ALiBi).
+    Returns:
+      ``[batch, q_len, num_heads, head_dim]`` in ``q.dtype``.
+    """
+    b, t, n, h = q.shape
+    kv = k.shape[2]
+    if n % kv:
+        raise ValueError(f"num_heads {n} is not a multiple of num_kv_heads {kv}")
+    g = n // kv
+    scale = h**-0.5 if scale is None else scale
+    qg = q.reshape(b, t, kv, g, h)
+    logits = jnp.einsum("btkgh,bskh->bkgts", qg, k, preferred_element_type=jnp.float32) * scale
+    if bias is not None:
+        logits = logits + bias.reshape(b, kv, g, t, -1).astype(jnp.float32)
+    if mask is not None:
+        logits = jnp.where(mask[:, None, None, :, :], logits, _MASKED)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskh->btkgh", probs, v)
+    return out.reshape(b, t, n, h)
+
+
+class Attention(nnx.Module):
+    """Self-attention block: q/k/v projections, optional qk-norm, positions, attention, output projection.
+
+    Call with ``x [batch, len, embed]``, ``positions [batch, len]`` (per-sample positions, used by RoPE/ALiBi) and
+    ``segment_ids [batch, len]``; returns ``[batch, len, embed]``.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        num_kv_heads: int,
+        head_dim: int,
+        *,
+        rngs: nnx.Rngs,
+        position: str = "rope",
+        rope_theta: float = 10_000.0,
+        rope_scaling: Mapping[str, Any] | None = None,
+        qkv_bias: bool = False,
+        out_bias: bool = False,
+        qk_norm: bool = False,
+        norm_eps: float = 1e-6,
+        kernel_init: nnx.initializers.Initializer = nnx.initializers.normal(0.02),
+        dtype: jnp.dtype = jnp.float32,
+        param_dtype: jnp.dtype = jnp.float32,
+    ):
+        if position not in POSITION_KINDS:
+            raise ValueError(f"unknown position {position!r}; expected one of {POSITION_KINDS}")
+        if num_heads % num_kv_heads:
+            raise ValueError(f"num_heads {num_heads} is not a multiple of num_kv_heads {num_kv_heads}")
+        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
+        self.position = position
+        self.dtype = dtype
+        common = dict(rngs=rngs, kernel_init=kernel_init, dtype=dtype, param_dtype=param_dtype)
+
+        def proj(heads: int, heads_axis: str) -> Einsum:
+            return Einsum(
+                "btd,dnh->btnh",
+                (embed_dim, heads, head_dim),
+                ("embed", heads_axis, "head_dim"),
+                bias_shape=(heads, head_dim) if qkv_bias else None,
+                bias_axes=(heads_axis, "head_dim") if qkv_bias else None,
+                **common,
+            )
+
+        self.q_proj = proj(num_heads, "heads")
+        self.k_proj = proj(num_kv_heads, "kv_heads")
+        self.v_proj = proj(num_kv_heads, "kv_heads")
+        self.o_proj = Einsum(
+            "btnh,nhd->btd",
+            (num_heads, head_dim, embed_dim),
+            ("heads", "head_dim", "embed"),
+            bias_shape=(embed_dim,) if out_bias else None,
+            bias_axes=("embed",) if out_bias else None,
+            **common,
+        )
+        norm = dict(rngs=rngs, eps=norm_eps, axis_name="head_dim", dtype=dtype, param_dtype=param_dtype)
+        self.q_norm = RMSNorm(head_dim, **norm) if qk_norm else None
+        self.k_norm = RMSNorm(head_dim, **norm) if qk_norm else None
+        # Constants, not parameters: kept as plain (static) attributes so they never enter the optimizer state.
+        self.inv_freq = tuple(rope_inv_freq(head_dim, rope_theta, rope_scaling).tolist()) if position == "rope" else None
+        self.slopes = tuple(alibi_slopes(num_heads).tolist()) if "alibi" in position else None
+
+    def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array) -> jax.Array:
+        q = constrain(self.q_proj(x), ("act_batch", "act_len", "act_heads", None))
+        k = constrain(self.k_proj(x), ("act_batch", "act_len", "act_kv_heads", None))
+        v = constrain(self.v_proj(x), ("act_batch", "act_len", "act_kv_heads", None))
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        bias = None
+        if self.position == "rope":
+            q = apply_rope(q, positions, jnp.asarray(self.inv_freq))
+            k = apply_rope(k, positions, jnp.asarray(self.inv_freq))
+        elif self.slopes is not None:
+            bias = alibi_bias(positions, positions, jnp.asarray(self.slopes), sqrt=self.position == "sqrt_alibi")
+        mask = attention_mask(segment_ids, segment_ids)
+        out = dot_product_attention(q, k, v, mask=mask, bias=bias)
+        out = constrain(out, ("act_batch", "act_len", "act_heads", None))
+        return self.o_proj(out)
