@@ -1,0 +1,162 @@
+"""The train step: one pure function ``(state, batch) -> (state, metrics)``, built once and jitted.
+
+Gradient accumulation is exact: the global batch is split into ``num_micro_batches`` slices; every loss term's
+denominator is summed over all slices first, then each slice contributes ``grad(sum_k) / D_k``. The result equals
+one big-batch step up to float reassociation, for any mix of token-, sequence- or constant-normalised terms.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from stepjax.objectives.terms import LossTerms
+from stepjax.train.state import TrainState, merge_model
+
+#: ``loss_fn(model, batch, rng) -> {name: Term}``; the batch is a dict of arrays with a leading batch axis.
+LossFn = Callable[[nnx.Module, Mapping[str, jax.Array], jax.Array], LossTerms]
+NONFINITE_POLICIES = ("error", "skip")
+
+
+def split_micro_batches(batch: Mapping[str, jax.Array], num_micro_batches: int) -> dict[str, jax.Array]:
+    """``[B, ...] -> [n, B / n, ...]``; slice ``j`` holds examples ``j, j + n, ...`` so a batch sharded over
+    devices along ``B`` stays sharded along the micro-batch axis."""
+
+    def one(x: jax.Array) -> jax.Array:
+        if x.shape[0] % num_micro_batches:
+            raise ValueError(f"batch size {x.shape[0]} is not divisible by {num_micro_batches} micro-batches")
+        micro = x.shape[0] // num_micro_batches
+        return x.reshape(micro, num_micro_batches, *x.shape[1:]).swapaxes(0, 1)
+
+    return {k: one(v) for k, v in batch.items()}
+
+
+def make_train_step(
+    graphdef: nnx.GraphDef,
+    loss_fn: LossFn,
+    tx: optax.GradientTransformation,
+    *,
+    loss_weights: Mapping[str, float],
+    num_micro_batches: int = 1,
+    schedule: optax.Schedule | None = None,
+) -> Callable[[TrainState, Mapping[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
+    """Builds the pure train step (not yet jitted; see ``jit_train_step``).
+
+    Args:
+      graphdef: the model's static structure from ``nnx.split``.
+      loss_fn: returns named ``Term``s; terms named in ``loss_weights`` form the loss, all are logged.
+      tx: optax optimizer.
+      loss_weights: ``{term name: weight}``; the loss is ``sum_k w_k * total_k / denominator_k``.
+      num_micro_batches: gradient-accumulation slices of the global batch.
+      schedule: learning-rate schedule, only for logging ``lr``.
+    Returns:
+      ``step(state, batch) -> (new_state, metrics)``. Metrics: ``loss``, every term's value, ``grad_norm``,
+      ``param_norm``, ``lr``, ``nonfinite`` (1.0 when the update was withheld because loss or grads were not finite).
+    """
+    weights = dict(loss_weights)
+
+    def terms_of(params, extra, batch, rng) -> LossTerms:
+        terms = loss_fn(merge_model(graphdef, params, extra), batch, rng)
+        missing = sorted(set(weights) - set(terms))
+        if missing:
+            raise KeyError(f"loss_weights name terms {missing} that the loss does not return; it returns {sorted(terms)}")
+        return terms
+
+    def weighted(terms: LossTerms, denominators: Mapping[str, jax.Array]) -> jax.Array:
+        return sum(w * terms[k].total / jnp.maximum(denominators[k], 1e-12) for k, w in weights.items())
+
+    def step(state: TrainState, batch: Mapping[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
+        rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        micro = split_micro_batches(batch, num_micro_batches)
+        rngs = jax.random.split(rng, num_micro_batches)
+
+        # Pass 1: denominators of every term over the whole batch. They depend only on the batch, so JAX's
+        # dead-code elimination drops the forward pass here; what remains is mask arithmetic.
+        def denominators_of(mb, r):
+            return {k: t.denominator for k, t in terms_of(state.params, state.extra, mb, r).items()}
+
+        dens = jax.lax.map(lambda xs: denominators_of(*xs), (micro, rngs))
+        dens = jax.tree.map(lambda d: d.sum(0), dens)
+
+        # Pass 2: accumulate gradients of sum_k w_k total_k / D_k over micro-batches.
+        def micro_step(carry, xs):
+            grads_acc, totals_acc = carry
+            mb, r = xs
+
+            def objective(params):
+                terms = terms_of(params, state.extra, mb, r)
+                return weighted(terms, dens), {k: t.total for k, t in terms.items()}
+
+            (_, totals), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+            grads_acc = jax.tree.map(jnp.add, grads_acc, grads)
+            totals_acc = jax.tree.map(jnp.add, totals_acc, totals)
+            return (grads_acc, totals_acc), None
+
+        zero_grads = jax.tree.map(jnp.zeros_like, state.params)
+        zero_totals = jax.tree.map(lambda d: jnp.zeros((), jnp.float32), dens)
+        if num_micro_batches == 1:
+            (grads, totals), _ = micro_step((zero_grads, zero_totals), jax.tree.map(lambda x: x[0], (micro, rngs)))
+        else:
+            (grads, totals), _ = jax.lax.scan(micro_step, (zero_grads, zero_totals), (micro, rngs))
+
+        loss = sum(w * totals[k] / jnp.maximum(dens[k], 1e-12) for k, w in weights.items())
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+        new_params = optax.apply_updates(state.params, updates)
+        # Never let a non-finite update reach the parameters (or, later, a checkpoint).
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+        new_state = state.replace(
+            step=state.step + 1,
+            params=keep(new_params, state.params),
+            opt_state=keep(new_opt_state, state.opt_state),
+        )
+        metrics = {k: totals[k] / jnp.maximum(dens[k], 1e-12) for k in totals}
+        metrics.update(
+            loss=loss,
+            grad_norm=grad_norm,
+            param_norm=optax.global_norm(new_state.params),
+            nonfinite=1.0 - finite.astype(jnp.float32),
+        )
+        if schedule is not None:
+            metrics["lr"] = jnp.asarray(schedule(state.step), jnp.float32)
+        return new_state, metrics
+
+    return step
+
+
+def jit_train_step(
+    step: Callable, state: TrainState, *, batch_sharding: Any = None, donate: bool = True
+) -> Callable[[TrainState, Mapping[str, jax.Array]], tuple[TrainState, dict[str, jax.Array]]]:
+    """``jax.jit`` with the state's current shardings pinned on output (no resharding between steps)."""
+    state_sh = jax.tree.map(lambda x: x.sharding, state)
+    in_sh = (state_sh, batch_sharding) if batch_sharding is not None else None
+    return jax.jit(
+        step,
+        in_shardings=in_sh,
+        out_shardings=(state_sh, None),
+        donate_argnums=(0,) if donate else (),
+    )
+
+
+def lm_loss_fn(aggregation: str = "token_mean", z_loss: float = 0.0) -> LossFn:
+    """Loss function for next-token training on batches with ``inputs``, ``targets``, ``loss_mask``, ``positions``,
+    ``segment_ids`` (all ``[batch, len]``)."""
+    from stepjax.objectives.lm import lm_loss
+
+    def fn(model: nnx.Module, batch: Mapping[str, jax.Array], rng: jax.Array) -> LossTerms:
+        del rng
+        logits = model(batch["inputs"], batch.get("positions"), batch.get("segment_ids"))
+        return lm_loss(logits, batch["targets"], batch["loss_mask"], segment_ids=batch.get("segment_ids"),
+                       aggregation=aggregation, z_loss=z_loss)
+
+    return fn
+
+
+def train_metrics_to_host(metrics: Mapping[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in jax.device_get(dict(metrics)).items()}
