@@ -19,3 +19,15 @@ def devices():
     devs = jax.devices()
     assert len(devs) == 8, f"tests expect 8 fake CPU devices, got {len(devs)}"
     return devs
+
+# Compilation dominates these tests; a persistent cache lets repeated shapes (across tests and xdist workers) reuse it.
+jax.config.update("jax_compilation_cache_dir", os.environ.get("STEPJAX_TEST_JAX_CACHE", "/tmp/stepjax_jax_cache"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def pytest_configure(config):
+    # Parity tests use pytest.importorskip("torch"); in CI a missing torch must fail loudly, never skip quietly.
+    import importlib.util
+
+    if os.environ.get("CI") and importlib.util.find_spec("torch") is None:
+        raise pytest.UsageError("CI run without torch: install the [parity] extra (make test does this)")

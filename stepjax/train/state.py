@@ -13,6 +13,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from stepjax.sharding import named_shardings
+from stepjax.sharding.context import current_rules
 from stepjax.sharding.rules import Rules
 
 
@@ -52,7 +53,8 @@ def create_train_state(
       make_model: ``rngs -> module``; called under ``jax.jit`` (abstractly first, to read shapes and axis names).
       tx: the optimizer.
       seed: fixes parameters and the step RNG.
-      mesh / rules: target mesh and logical-axis rules; without a mesh everything lives on the default device.
+      mesh / rules: target mesh and logical-axis rules (default: the active ``use_rules`` table, else
+        ``DEFAULT_RULES``); without a mesh everything lives on the default device.
     Returns:
       ``(graphdef, state)``.
     """
@@ -72,7 +74,7 @@ def create_train_state(
     if mesh is None:
         return graphdef, jax.jit(init)()
     replicated = NamedSharding(mesh, PartitionSpec())
-    param_shardings = named_shardings(abstract_params, mesh, rules)
+    param_shardings = named_shardings(abstract_params, mesh, current_rules() if rules is None else rules)
     extra_shardings = jax.tree.map(lambda _: replicated, abstract_extra)
     abstract_state = jax.eval_shape(init)
     opt_shardings = optimizer_state_shardings(abstract_state.opt_state, abstract_params, param_shardings, replicated)
@@ -105,7 +107,7 @@ def optimizer_state_shardings(
     def is_param_tree(x: Any) -> bool:
         try:
             return jax.tree.structure(x) == param_struct
-        except Exception:  # noqa: BLE001 - non-pytree leaves
+        except Exception:  # non-pytree leaves
             return False
 
     def assign(x: Any) -> Any:

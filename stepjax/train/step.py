@@ -21,6 +21,8 @@ from stepjax.train.state import TrainState, merge_model
 #: ``loss_fn(model, batch, rng) -> {name: Term}``; the batch is a dict of arrays with a leading batch axis.
 LossFn = Callable[[nnx.Module, Mapping[str, jax.Array], jax.Array], LossTerms]
 NONFINITE_POLICIES = ("error", "skip")
+# optax.global_norm is deprecated in favour of optax.tree.norm (optax >= 0.2.5); keep older optax working.
+_global_norm = getattr(getattr(optax, "tree", None), "norm", None) or optax.global_norm
 
 
 def split_micro_batches(batch: Mapping[str, jax.Array], num_micro_batches: int) -> dict[str, jax.Array]:
@@ -64,7 +66,9 @@ def make_train_step(
         terms = loss_fn(merge_model(graphdef, params, extra), batch, rng)
         missing = sorted(set(weights) - set(terms))
         if missing:
-            raise KeyError(f"loss_weights name terms {missing} that the loss does not return; it returns {sorted(terms)}")
+            raise KeyError(
+                f"loss_weights name terms {missing} that the loss does not return; it returns {sorted(terms)}"
+            )
         return terms
 
     def weighted(terms: LossTerms, denominators: Mapping[str, jax.Array]) -> jax.Array:
@@ -77,40 +81,45 @@ def make_train_step(
 
         # Pass 1: denominators of every term over the whole batch. They depend only on the batch, so JAX's
         # dead-code elimination drops the forward pass here; what remains is mask arithmetic.
-        def denominators_of(mb, r):
-            return {k: t.denominator for k, t in terms_of(state.params, state.extra, mb, r).items()}
+        # The model state rides in the loop carry rather than being closed over: nnx transforms inside the model
+        # (nnx.scan over stacked layers) reject variables holding tracers of an outer trace level.
+        def denominators_of(model_state, xs):
+            mb, r = xs
+            terms = terms_of(*model_state, mb, r)
+            return model_state, {k: t.denominator for k, t in terms.items()}
 
-        dens = jax.lax.map(lambda xs: denominators_of(*xs), (micro, rngs))
+        _, dens = jax.lax.scan(denominators_of, (state.params, state.extra), (micro, rngs))
         dens = jax.tree.map(lambda d: d.sum(0), dens)
 
         # Pass 2: accumulate gradients of sum_k w_k total_k / D_k over micro-batches.
         def micro_step(carry, xs):
-            grads_acc, totals_acc = carry
+            grads_acc, totals_acc, (params, extra) = carry
             mb, r = xs
 
             def objective(params):
-                terms = terms_of(params, state.extra, mb, r)
+                terms = terms_of(params, extra, mb, r)
                 return weighted(terms, dens), {k: t.total for k, t in terms.items()}
 
-            (_, totals), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+            (_, totals), grads = jax.value_and_grad(objective, has_aux=True)(params)
             grads_acc = jax.tree.map(jnp.add, grads_acc, grads)
             totals_acc = jax.tree.map(jnp.add, totals_acc, totals)
-            return (grads_acc, totals_acc), None
+            return (grads_acc, totals_acc, (params, extra)), None
 
         zero_grads = jax.tree.map(jnp.zeros_like, state.params)
         zero_totals = jax.tree.map(lambda d: jnp.zeros((), jnp.float32), dens)
+        init = (zero_grads, zero_totals, (state.params, state.extra))
         if num_micro_batches == 1:
-            (grads, totals), _ = micro_step((zero_grads, zero_totals), jax.tree.map(lambda x: x[0], (micro, rngs)))
+            (grads, totals, _), _ = micro_step(init, jax.tree.map(lambda x: x[0], (micro, rngs)))
         else:
-            (grads, totals), _ = jax.lax.scan(micro_step, (zero_grads, zero_totals), (micro, rngs))
+            (grads, totals, _), _ = jax.lax.scan(micro_step, init, (micro, rngs))
 
         loss = sum(w * totals[k] / jnp.maximum(dens[k], 1e-12) for k, w in weights.items())
-        grad_norm = optax.global_norm(grads)
+        grad_norm = _global_norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
         # Never let a non-finite update reach the parameters (or, later, a checkpoint).
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
         new_state = state.replace(
             step=state.step + 1,
             params=keep(new_params, state.params),
@@ -120,7 +129,7 @@ def make_train_step(
         metrics.update(
             loss=loss,
             grad_norm=grad_norm,
-            param_norm=optax.global_norm(new_state.params),
+            param_norm=_global_norm(new_state.params),
             nonfinite=1.0 - finite.astype(jnp.float32),
         )
         if schedule is not None:

@@ -2,6 +2,17 @@
 
 from stepjax.models.llm.config import LLMConfig
 from stepjax.models.llm.model import DecoderLayer, DecoderLM
+from stepjax.models.llm.params import config_from_hf, hf_to_params, load_params_into, params_to_hf
 from stepjax.models.llm.presets import PRESETS, llm_preset
 
-__all__ = ["PRESETS", "DecoderLM", "DecoderLayer", "LLMConfig", "llm_preset"]
+__all__ = [
+    "PRESETS",
+    "DecoderLM",
+    "DecoderLayer",
+    "LLMConfig",
+    "config_from_hf",
+    "hf_to_params",
+    "llm_preset",
+    "load_params_into",
+    "params_to_hf",
+]

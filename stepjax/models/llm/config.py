@@ -87,9 +87,10 @@ class LLMConfig:
         d, h, n, kv, f = self.hidden_size, self.head_dim, self.num_heads, self.num_kv_heads, self.mlp_dim
         attn = d * h * (n + 2 * kv) + n * h * d + (h * (n + 2 * kv) if self.qkv_bias else 0)
         mlp = d * f * (3 if self.mlp_kind.endswith("glu") else 2)
-        norms = 2 * d + (2 * h if self.qk_norm else 0)
+        norm = 2 * d if self.norm == "layer" else d  # LayerNorm has a bias; qk-norms are always RMS
+        norms = 2 * norm + (2 * h if self.qk_norm else 0)
         head = 0 if self.tie_embeddings else self.vocab_size * d
-        return self.num_layers * (attn + mlp + norms) + self.vocab_size * d + head + d
+        return self.num_layers * (attn + mlp + norms) + self.vocab_size * d + head + norm
 
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token (forward + backward = 3 x forward): 6 N_matmul + 12 L d_attn T / 2 (causal)."""

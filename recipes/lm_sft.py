@@ -1,0 +1,220 @@
+"""Recipe ``lm_sft``: next-token training of a decoder LM on prompt/response data, scored by held-out answer accuracy.
+
+Data: the synthetic arithmetic task (``data.source='arithmetic'``) or a JSONL / ArrayRecord file of
+``{"prompt": ..., "response": ..., "ground_truth": ...}`` records. The loss covers response tokens only. The held-out
+score ``eval/accuracy`` is the fraction of greedy completions whose boxed answer matches the ground truth.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+import os
+
+import ml_collections
+
+from stepjax.models.llm import LLMConfig, llm_preset
+from stepjax.train import config_check as cc
+from stepjax.train import defaults
+
+DATA_SOURCES = ("arithmetic", "jsonl", "array_record")
+TOKENIZERS = ("byte", "hf")
+
+
+def schema() -> ml_collections.ConfigDict:
+    """Every key this recipe understands, with its default (the ``tiny`` shape)."""
+    model = dataclasses.asdict(llm_preset("tiny"))
+    model.update(vocab_size=0, rope_scaling=None, max_seq_len=512)  # vocab 0: take it from the tokenizer
+    config = ml_collections.ConfigDict()
+    config.recipe = "lm_sft"
+    config.seed = 0
+    config.model = model
+    config.tokenizer = dict(kind="byte", path="")
+    config.data = dict(
+        source="arithmetic",
+        path="",  # jsonl / array_record: file path (train); eval_path: held-out file
+        eval_path="",
+        ops="+",
+        min_digits=1,
+        max_digits=2,
+        wrong_step_fraction=0.0,
+        num_train=50_000,
+        seq_len=96,
+        packing=False,
+        shuffle=True,
+    )
+    config.loss = dict(aggregation="token_mean", z_loss=0.0)
+    config.eval = dict(num_examples=200, max_new_tokens=64, batch_size=100)
+    config.train = defaults.train_section()
+    config.optimizer = defaults.optimizer_section()
+    config.optimizer.update(learning_rate=3e-3, weight_decay=0.01, b2=0.98)
+    config.checkpoint = defaults.checkpoint_section()
+    config.mesh = defaults.mesh_section()
+    config.sharding = defaults.sharding_section()
+    config.distributed = defaults.distributed_section()
+    return config
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Checks keys, types, choices and cross-field constraints; raises ``ConfigError`` naming the key."""
+    cc.check_against_schema(config, schema(), open_sections=("config.model.rope_scaling", "config.mesh.shape",
+                                                             "config.sharding.rules"))
+    cc.check_choice(config, "config.data.source", DATA_SOURCES)
+    cc.check_choice(config, "config.tokenizer.kind", TOKENIZERS)
+    cc.check_choice(config, "config.train.nonfinite", ("error", "skip"))
+    cc.check_choice(config, "config.checkpoint.on_corrupt", ("error", "previous"))
+    cc.check_positive(config, "config.train.total_steps", "config.train.batch_size", "config.train.num_micro_batches",
+                      "config.data.seq_len", "config.optimizer.learning_rate")
+    cc.check_divides(config, "config.train.batch_size", "config.train.num_micro_batches")
+    if config.data.source != "arithmetic" and not config.data.path:
+        raise cc.ConfigError(f"'config.data.path' must name a file when config.data.source is {config.data.source!r}")
+    if config.data.path and not os.path.exists(config.data.path):
+        raise cc.ConfigError(f"'config.data.path': no such file {config.data.path!r}")
+    if config.tokenizer.kind == "hf" and not os.path.exists(config.tokenizer.path):
+        raise cc.ConfigError(f"'config.tokenizer.path': no such tokenizer.json {config.tokenizer.path!r}")
+    if config.data.seq_len > config.model.max_seq_len:
+        raise cc.ConfigError(f"'config.data.seq_len' ({config.data.seq_len}) exceeds 'config.model.max_seq_len' "
+                             f"({config.model.max_seq_len})")
+    try:
+        model_config(config, vocab_size=max(config.model.vocab_size, 1))
+    except (TypeError, ValueError) as err:
+        raise cc.ConfigError(f"'config.model': {err}") from err
+
+
+def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> LLMConfig:
+    fields = config.model.to_dict()
+    fields["vocab_size"] = fields["vocab_size"] or vocab_size
+    return LLMConfig(**fields)
+
+
+# --------------------------------------------------------------------------------------------------------- running
+
+
+def _tokenizer(config: ml_collections.ConfigDict):
+    from stepjax.data import ByteTokenizer, HFTokenizer
+
+    return ByteTokenizer() if config.tokenizer.kind == "byte" else HFTokenizer.from_file(config.tokenizer.path)
+
+
+def _records(config: ml_collections.ConfigDict, split: str, n: int) -> Any:
+    from stepjax.data import InMemorySource, make_arithmetic_split, open_source
+
+    d = config.data
+    if d.source == "arithmetic":
+        return InMemorySource(make_arithmetic_split(
+            split, n, config.seed, ops=tuple(d.ops), digits=(d.min_digits, d.max_digits),
+            wrong_step_fraction=d.wrong_step_fraction if split == "train" else 0.0, unique=split == "test"))
+    path = d.path if split == "train" else d.eval_path
+    return open_source(path) if path else None
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> int:
+    """Trains, evaluates, plots; returns the process exit status."""
+    import jax
+    import numpy as np
+    from stepjax.data import make_lm_pipeline
+    from stepjax.evals import answer_accuracy
+    from stepjax.models.llm import DecoderLM
+    from stepjax.sharding import (
+        MeshConfigError,
+        initialize_distributed,
+        local_batch_rows,
+        make_mesh,
+        normalize_rules,
+        shard_batch,
+        use_rules,
+    )
+    from stepjax.sharding.batch import batch_sharding
+    from stepjax.train import (
+        NonFiniteLossError,
+        Preempted,
+        create_train_state,
+        jit_train_step,
+        lm_loss_fn,
+        make_optimizer,
+        make_train_step,
+        plot_metrics,
+        run_training,
+    )
+
+    dist = config.distributed
+    if dist.coordinator_address or dist.num_processes:
+        initialize_distributed(dist.coordinator_address or None, dist.num_processes or None,
+                               None if dist.process_id < 0 else dist.process_id)
+    try:
+        mesh = make_mesh(config.mesh.shape.to_dict())
+    except MeshConfigError as err:
+        raise cc.ConfigError(f"'config.mesh.shape': {err}") from err
+    rules = normalize_rules(config.sharding.rules)
+    tokenizer = _tokenizer(config)
+    model_cfg = model_config(config, tokenizer.vocab_size)
+    if model_cfg.vocab_size < tokenizer.vocab_size:
+        raise cc.ConfigError(f"'config.model.vocab_size' ({model_cfg.vocab_size}) is smaller than the tokenizer's "
+                             f"vocabulary ({tokenizer.vocab_size})")
+    train = config.train
+    rows = local_batch_rows(mesh, train.batch_size, rules)
+    train_iter = make_lm_pipeline(
+        _records(config, "train", config.data.num_train), tokenizer, seq_len=config.data.seq_len,
+        batch_size=len(rows), seed=config.seed, shuffle=config.data.shuffle, packing=config.data.packing,
+        shard_index=jax.process_index(), shard_count=jax.process_count())
+    eval_records = _records(config, "test", config.eval.num_examples)
+    eval_records = [eval_records[i] for i in range(min(len(eval_records), config.eval.num_examples))] \
+        if eval_records is not None else []
+
+    tx, schedule = make_optimizer(config.optimizer.to_dict(), train.total_steps)
+    graphdef, state = create_train_state(lambda rngs: DecoderLM(model_cfg, rngs=rngs), tx, seed=config.seed,
+                                         mesh=mesh, rules=rules)
+    print(f"lm_sft: {model_cfg.num_params() / 1e6:.2f}M parameters on mesh {dict(mesh.shape)}; workdir {workdir}")
+    loss_fn = lm_loss_fn(config.loss.aggregation, config.loss.z_loss)
+    step = make_train_step(graphdef, loss_fn, tx, loss_weights={"lm": 1.0},
+                           num_micro_batches=train.num_micro_batches, schedule=schedule)
+    with jax.set_mesh(mesh):
+        jitted = jit_train_step(step, state, batch_sharding=batch_sharding(mesh, rules))
+
+    def step_fn(state, batch):
+        with jax.set_mesh(mesh), use_rules(rules):
+            return jitted(state, batch)
+
+    def eval_fn(state, step_num: int) -> dict[str, float]:
+        if not eval_records:
+            return {}
+        metrics, completions = answer_accuracy(graphdef, state.params, eval_records, tokenizer,
+                                               max_new_tokens=config.eval.max_new_tokens,
+                                               batch_size=config.eval.batch_size, extra=state.extra)
+        print(f"step {step_num}: eval accuracy {metrics['accuracy']:.3f}; sample {eval_records[0]['prompt']!r} -> "
+              f"{completions[0]!r}")
+        return metrics
+
+    try:
+        state = run_training(
+            state, step_fn, train_iter, workdir, total_steps=train.total_steps, log_every=train.log_every,
+            checkpoint_every=config.checkpoint.every, keep_checkpoints=config.checkpoint.keep,
+            eval_every=train.eval_every or train.total_steps, eval_fn=eval_fn, put_batch=lambda b: shard_batch(b, mesh, rules),
+            nonfinite=train.nonfinite, on_corrupt=config.checkpoint.on_corrupt,
+            async_checkpoints=config.checkpoint.async_save,
+            tokens_per_batch=train.batch_size * config.data.seq_len, config_snapshot=config.to_dict(),
+            resume="auto" if config.checkpoint.resume else "never")
+    except Preempted as stop:
+        print(str(stop))
+        return 0
+    except NonFiniteLossError as err:
+        print(f"error: {err}")
+        return 3
+    if jax.process_index() == 0:
+        png = plot_metrics(os.path.join(workdir, "metrics.jsonl"), os.path.join(workdir, "loss_curve.png"))
+        final = _last_eval(os.path.join(workdir, "metrics.jsonl"))
+        print(f"done: step {int(np.asarray(state.step))}, eval/accuracy {final.get('eval/accuracy', float('nan')):.3f} "
+              f"(format rate {final.get('eval/format_rate', float('nan')):.3f}); curve {png}; workdir {workdir}")
+    return 0
+
+
+def _last_eval(jsonl_path: str) -> dict[str, float]:
+    import json
+
+    last: dict[str, float] = {}
+    with open(jsonl_path) as f:
+        for line in f:
+            record = json.loads(line)
+            if any(k.startswith("eval/") for k in record):
+                last = record
+    return last
