@@ -25,7 +25,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     if arg == "tiny":
         config.train.total_steps = 500
         config.train.batch_size = 64
-        config.train.log_every = 25
+        config.train.log_every = 10
+        config.train.eval_every = 250
         config.optimizer.learning_rate = 3e-3
         config.optimizer.warmup_steps = 30
         config.checkpoint.every = 100

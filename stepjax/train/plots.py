@@ -16,11 +16,13 @@ def plot_metrics(
     eval_keys: Sequence[str] = ("eval/accuracy",),
     *,
     title: str | None = None,
+    log_scale: bool | None = None,
 ) -> Path:
     """Draws ``keys`` as lines over steps and ``eval_keys`` as marked points on a twin axis; writes ``out_png``.
 
     Keys absent from the file are left out (a run without evals still plots its loss); if none of the requested keys
-    has a value, ``ValueError`` names the keys the file does have. Returns the PNG path.
+    has a value, ``ValueError`` names the keys the file does have. ``log_scale`` (default: when the positive values
+    of ``keys`` span more than two decades) draws the left axis logarithmically. Returns the PNG path.
     """
     import matplotlib
 
@@ -41,6 +43,11 @@ def plot_metrics(
     for k, points in train.items():
         steps, values = zip(*points, strict=True)
         handles += ax.plot(steps, values, label=k, linewidth=1.2)
+    values_seen = [v for points in train.values() for _, v in points if v > 0]
+    if log_scale is None:
+        log_scale = bool(values_seen) and max(values_seen) > 100 * min(values_seen)
+    if log_scale:
+        ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel(", ".join(train) if train else "")
     ax.grid(alpha=0.3)
@@ -52,6 +59,8 @@ def plot_metrics(
             color = colors[(len(train) + i) % len(colors)]
             handles += ax2.plot(steps, values, "o--", label=k, color=color, markersize=4, linewidth=0.8)
         ax2.set_ylabel(", ".join(evals))
+        if all(0.0 <= v <= 1.0 for points in evals.values() for _, v in points):
+            ax2.set_ylim(-0.02, 1.02)  # accuracies and rates: show the whole range
     ax.legend(handles=handles, labels=[h.get_label() for h in handles], loc="best")
     if title:
         ax.set_title(title)
