@@ -8,8 +8,8 @@ score ``eval/accuracy`` is the fraction of greedy completions whose boxed answer
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 import os
+from typing import Any
 
 import ml_collections
 
@@ -57,14 +57,21 @@ def schema() -> ml_collections.ConfigDict:
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """Checks keys, types, choices and cross-field constraints; raises ``ConfigError`` naming the key."""
-    cc.check_against_schema(config, schema(), open_sections=("config.model.rope_scaling", "config.mesh.shape",
-                                                             "config.sharding.rules"))
+    cc.check_against_schema(
+        config, schema(), open_sections=("config.model.rope_scaling", "config.mesh.shape", "config.sharding.rules")
+    )
     cc.check_choice(config, "config.data.source", DATA_SOURCES)
     cc.check_choice(config, "config.tokenizer.kind", TOKENIZERS)
     cc.check_choice(config, "config.train.nonfinite", ("error", "skip"))
     cc.check_choice(config, "config.checkpoint.on_corrupt", ("error", "previous"))
-    cc.check_positive(config, "config.train.total_steps", "config.train.batch_size", "config.train.num_micro_batches",
-                      "config.data.seq_len", "config.optimizer.learning_rate")
+    cc.check_positive(
+        config,
+        "config.train.total_steps",
+        "config.train.batch_size",
+        "config.train.num_micro_batches",
+        "config.data.seq_len",
+        "config.optimizer.learning_rate",
+    )
     cc.check_divides(config, "config.train.batch_size", "config.train.num_micro_batches")
     if config.data.source != "arithmetic" and not config.data.path:
         raise cc.ConfigError(f"'config.data.path' must name a file when config.data.source is {config.data.source!r}")
@@ -73,8 +80,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.tokenizer.kind == "hf" and not os.path.exists(config.tokenizer.path):
         raise cc.ConfigError(f"'config.tokenizer.path': no such tokenizer.json {config.tokenizer.path!r}")
     if config.data.seq_len > config.model.max_seq_len:
-        raise cc.ConfigError(f"'config.data.seq_len' ({config.data.seq_len}) exceeds 'config.model.max_seq_len' "
-                             f"({config.model.max_seq_len})")
+        raise cc.ConfigError(
+            f"'config.data.seq_len' ({config.data.seq_len}) exceeds 'config.model.max_seq_len' "
+            f"({config.model.max_seq_len})"
+        )
     try:
         model_config(config, vocab_size=max(config.model.vocab_size, 1))
     except (TypeError, ValueError) as err:
@@ -101,9 +110,17 @@ def _records(config: ml_collections.ConfigDict, split: str, n: int) -> Any:
 
     d = config.data
     if d.source == "arithmetic":
-        return InMemorySource(make_arithmetic_split(
-            split, n, config.seed, ops=tuple(d.ops), digits=(d.min_digits, d.max_digits),
-            wrong_step_fraction=d.wrong_step_fraction if split == "train" else 0.0, unique=split == "test"))
+        return InMemorySource(
+            make_arithmetic_split(
+                split,
+                n,
+                config.seed,
+                ops=tuple(d.ops),
+                digits=(d.min_digits, d.max_digits),
+                wrong_step_fraction=d.wrong_step_fraction if split == "train" else 0.0,
+                unique=split == "test",
+            )
+        )
     path = d.path if split == "train" else d.eval_path
     return open_source(path) if path else None
 
@@ -112,6 +129,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
     """Trains, evaluates, plots; returns the process exit status."""
     import jax
     import numpy as np
+
     from stepjax.data import make_lm_pipeline
     from stepjax.evals import answer_accuracy
     from stepjax.models.llm import DecoderLM
@@ -139,8 +157,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
 
     dist = config.distributed
     if dist.coordinator_address or dist.num_processes:
-        initialize_distributed(dist.coordinator_address or None, dist.num_processes or None,
-                               None if dist.process_id < 0 else dist.process_id)
+        initialize_distributed(
+            dist.coordinator_address or None,
+            dist.num_processes or None,
+            None if dist.process_id < 0 else dist.process_id,
+        )
     try:
         mesh = make_mesh(config.mesh.shape.to_dict())
     except MeshConfigError as err:
@@ -149,25 +170,39 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
     tokenizer = _tokenizer(config)
     model_cfg = model_config(config, tokenizer.vocab_size)
     if model_cfg.vocab_size < tokenizer.vocab_size:
-        raise cc.ConfigError(f"'config.model.vocab_size' ({model_cfg.vocab_size}) is smaller than the tokenizer's "
-                             f"vocabulary ({tokenizer.vocab_size})")
+        raise cc.ConfigError(
+            f"'config.model.vocab_size' ({model_cfg.vocab_size}) is smaller than the tokenizer's "
+            f"vocabulary ({tokenizer.vocab_size})"
+        )
     train = config.train
     rows = local_batch_rows(mesh, train.batch_size, rules)
     train_iter = make_lm_pipeline(
-        _records(config, "train", config.data.num_train), tokenizer, seq_len=config.data.seq_len,
-        batch_size=len(rows), seed=config.seed, shuffle=config.data.shuffle, packing=config.data.packing,
-        shard_index=jax.process_index(), shard_count=jax.process_count())
+        _records(config, "train", config.data.num_train),
+        tokenizer,
+        seq_len=config.data.seq_len,
+        batch_size=len(rows),
+        seed=config.seed,
+        shuffle=config.data.shuffle,
+        packing=config.data.packing,
+        shard_index=jax.process_index(),
+        shard_count=jax.process_count(),
+    )
     eval_records = _records(config, "test", config.eval.num_examples)
-    eval_records = [eval_records[i] for i in range(min(len(eval_records), config.eval.num_examples))] \
-        if eval_records is not None else []
+    eval_records = (
+        [eval_records[i] for i in range(min(len(eval_records), config.eval.num_examples))]
+        if eval_records is not None
+        else []
+    )
 
     tx, schedule = make_optimizer(config.optimizer.to_dict(), train.total_steps)
-    graphdef, state = create_train_state(lambda rngs: DecoderLM(model_cfg, rngs=rngs), tx, seed=config.seed,
-                                         mesh=mesh, rules=rules)
+    graphdef, state = create_train_state(
+        lambda rngs: DecoderLM(model_cfg, rngs=rngs), tx, seed=config.seed, mesh=mesh, rules=rules
+    )
     print(f"lm_sft: {model_cfg.num_params() / 1e6:.2f}M parameters on mesh {dict(mesh.shape)}; workdir {workdir}")
     loss_fn = lm_loss_fn(config.loss.aggregation, config.loss.z_loss)
-    step = make_train_step(graphdef, loss_fn, tx, loss_weights={"lm": 1.0},
-                           num_micro_batches=train.num_micro_batches, schedule=schedule)
+    step = make_train_step(
+        graphdef, loss_fn, tx, loss_weights={"lm": 1.0}, num_micro_batches=train.num_micro_batches, schedule=schedule
+    )
     with jax.set_mesh(mesh):
         jitted = jit_train_step(step, state, batch_sharding=batch_sharding(mesh, rules))
 
@@ -178,22 +213,41 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
     def eval_fn(state, step_num: int) -> dict[str, float]:
         if not eval_records:
             return {}
-        metrics, completions = answer_accuracy(graphdef, state.params, eval_records, tokenizer,
-                                               max_new_tokens=config.eval.max_new_tokens,
-                                               batch_size=config.eval.batch_size, extra=state.extra)
-        print(f"step {step_num}: eval accuracy {metrics['accuracy']:.3f}; sample {eval_records[0]['prompt']!r} -> "
-              f"{completions[0]!r}")
+        metrics, completions = answer_accuracy(
+            graphdef,
+            state.params,
+            eval_records,
+            tokenizer,
+            max_new_tokens=config.eval.max_new_tokens,
+            batch_size=config.eval.batch_size,
+            extra=state.extra,
+        )
+        print(
+            f"step {step_num}: eval accuracy {metrics['accuracy']:.3f}; sample {eval_records[0]['prompt']!r} -> "
+            f"{completions[0]!r}"
+        )
         return metrics
 
     try:
         state = run_training(
-            state, step_fn, train_iter, workdir, total_steps=train.total_steps, log_every=train.log_every,
-            checkpoint_every=config.checkpoint.every, keep_checkpoints=config.checkpoint.keep,
-            eval_every=train.eval_every or train.total_steps, eval_fn=eval_fn, put_batch=lambda b: shard_batch(b, mesh, rules),
-            nonfinite=train.nonfinite, on_corrupt=config.checkpoint.on_corrupt,
+            state,
+            step_fn,
+            train_iter,
+            workdir,
+            total_steps=train.total_steps,
+            log_every=train.log_every,
+            checkpoint_every=config.checkpoint.every,
+            keep_checkpoints=config.checkpoint.keep,
+            eval_every=train.eval_every or train.total_steps,
+            eval_fn=eval_fn,
+            put_batch=lambda b: shard_batch(b, mesh, rules),
+            nonfinite=train.nonfinite,
+            on_corrupt=config.checkpoint.on_corrupt,
             async_checkpoints=config.checkpoint.async_save,
-            tokens_per_batch=train.batch_size * config.data.seq_len, config_snapshot=config.to_dict(),
-            resume="auto" if config.checkpoint.resume else "never")
+            tokens_per_batch=train.batch_size * config.data.seq_len,
+            config_snapshot=config.to_dict(),
+            resume="auto" if config.checkpoint.resume else "never",
+        )
     except Preempted as stop:
         print(str(stop))
         return 0
@@ -203,8 +257,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
     if jax.process_index() == 0:
         png = plot_metrics(os.path.join(workdir, "metrics.jsonl"), os.path.join(workdir, "loss_curve.png"))
         final = _last_eval(os.path.join(workdir, "metrics.jsonl"))
-        print(f"done: step {int(np.asarray(state.step))}, eval/accuracy {final.get('eval/accuracy', float('nan')):.3f} "
-              f"(format rate {final.get('eval/format_rate', float('nan')):.3f}); curve {png}; workdir {workdir}")
+        print(
+            f"done: step {int(np.asarray(state.step))}, eval/accuracy {final.get('eval/accuracy', float('nan')):.3f} "
+            f"(format rate {final.get('eval/format_rate', float('nan')):.3f}); curve {png}; workdir {workdir}"
+        )
     return 0
 
 

@@ -17,11 +17,16 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Recipe config: configs/NAME.py[:VARIANT]; override fields with --config.a.b=value.", lock_config=True
+    "config",
+    None,
+    "Recipe config: configs/NAME.py[:VARIANT]; override fields with --config.a.b=value.",
+    lock_config=True,
 )
 _WORKDIR = flags.DEFINE_string(
-    "workdir", None, "Run folder (checkpoints, metrics, plots). Default: workdirs/<recipe>_<timestamp>. "
-    "An existing folder resumes from its latest checkpoint."
+    "workdir",
+    None,
+    "Run folder (checkpoints, metrics, plots). Default: workdirs/<recipe>_<timestamp>. "
+    "An existing folder resumes from its latest checkpoint.",
 )
 
 

@@ -20,6 +20,7 @@ def devices():
     assert len(devs) == 8, f"tests expect 8 fake CPU devices, got {len(devs)}"
     return devs
 
+
 # Compilation dominates these tests; a persistent cache lets repeated shapes (across tests and xdist workers) reuse it.
 jax.config.update("jax_compilation_cache_dir", os.environ.get("STEPJAX_TEST_JAX_CACHE", "/tmp/stepjax_jax_cache"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)

@@ -132,6 +132,7 @@ def _multiply_partials(trace: _Trace, a: int, b: int) -> int:
     if len(partials) == 1:
         return partials[0]
     true = sum(partials)
+
     def sum_errors(rng: np.random.Generator) -> list[int]:
         scale = 10 ** int(rng.integers(len(str(true))))  # off by 1-2 in a random digit place
         return [true + k * scale for k in (-2, -1, 1, 2) if true + k * scale >= 0]
@@ -158,8 +159,9 @@ def _run_trace(a: int, op: str, b: int, wrong_step: int | None, rng: np.random.G
     return trace, value
 
 
-def arithmetic_record(a: int, op: str, b: int, *, wrong_step: int | None = None,
-                      rng: np.random.Generator | None = None) -> dict:
+def arithmetic_record(
+    a: int, op: str, b: int, *, wrong_step: int | None = None, rng: np.random.Generator | None = None
+) -> dict:
     """One problem ``a op b`` (a, b >= 0) with its trace.
 
     Args:
@@ -219,9 +221,17 @@ def _sample_operand(rng: np.random.Generator, lo: int, hi: int) -> int:
     return int(rng.integers(0 if d == 1 else 10 ** (d - 1), 10**d))
 
 
-def make_arithmetic_split(name: str, n: int, seed: int, *, ops: Sequence[str] = ("+",),
-                          digits: int | tuple[int, int] = (1, 2), wrong_step_fraction: float = 0.0,
-                          test_fraction: float = 0.1, unique: bool = False) -> list[dict]:
+def make_arithmetic_split(
+    name: str,
+    n: int,
+    seed: int,
+    *,
+    ops: Sequence[str] = ("+",),
+    digits: int | tuple[int, int] = (1, 2),
+    wrong_step_fraction: float = 0.0,
+    test_fraction: float = 0.1,
+    unique: bool = False,
+) -> list[dict]:
     """``n`` records of split ``name`` ('train' | 'test'); deterministic in (name, n, seed, options).
 
     Problems are drawn uniformly (operand digit count uniform in ``digits``, then the value), and kept only if
@@ -235,8 +245,9 @@ def make_arithmetic_split(name: str, n: int, seed: int, *, ops: Sequence[str] = 
     if bad_ops or not ops:
         raise ValueError(f"ops={ops!r}: expected a non-empty subset of {OPS}")
     if not 0.0 <= wrong_step_fraction <= 1.0 or not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"wrong_step_fraction={wrong_step_fraction} must be in [0, 1], "
-                         f"test_fraction={test_fraction} in (0, 1)")
+        raise ValueError(
+            f"wrong_step_fraction={wrong_step_fraction} must be in [0, 1], test_fraction={test_fraction} in (0, 1)"
+        )
     lo, hi = _digit_range(digits)
     rng = np.random.default_rng([seed, 0 if name == "train" else 1])
     records, seen = [], set()
@@ -244,8 +255,10 @@ def make_arithmetic_split(name: str, n: int, seed: int, *, ops: Sequence[str] = 
     while len(records) < n:
         stale += 1
         if stale > 20_000:
-            raise ValueError(f"could not draw {n} {'distinct ' if unique else ''}{name} problems with ops={ops}, "
-                             f"digits={digits}, test_fraction={test_fraction} (got {len(records)})")
+            raise ValueError(
+                f"could not draw {n} {'distinct ' if unique else ''}{name} problems with ops={ops}, "
+                f"digits={digits}, test_fraction={test_fraction} (got {len(records)})"
+            )
         a, b = _sample_operand(rng, lo, hi), _sample_operand(rng, lo, hi)
         op = ops[int(rng.integers(len(ops)))]
         if problem_split(a, op, b, test_fraction) != name:

@@ -19,12 +19,18 @@ from stepjax.data.tokenizers import Tokenizer
 Example = dict[str, Any]
 
 ROW_KEYS = ("inputs", "targets", "loss_mask", "positions", "segment_ids")
-_DTYPES = {"inputs": np.int32, "targets": np.int32, "loss_mask": np.float32, "positions": np.int32,
-           "segment_ids": np.int32}
+_DTYPES = {
+    "inputs": np.int32,
+    "targets": np.int32,
+    "loss_mask": np.float32,
+    "positions": np.int32,
+    "segment_ids": np.int32,
+}
 
 
-def sft_example(tokenizer: Tokenizer, prompt: str, response: str, *, add_bos: bool = True,
-                add_eos: bool = True) -> Example:
+def sft_example(
+    tokenizer: Tokenizer, prompt: str, response: str, *, add_bos: bool = True, add_eos: bool = True
+) -> Example:
     """``[BOS] prompt response EOS`` with loss only on the response tokens and the EOS.
 
     Prompt and response are encoded separately so the boundary is exact (no merge across it). BOS is added when
@@ -116,8 +122,9 @@ def empty_row(seq_len: int) -> dict[str, np.ndarray]:
     return RowBuilder(seq_len).finish()
 
 
-def pack_examples(examples: Iterable[Example], seq_len: int, *, packing: bool = True,
-                  truncate: bool = True) -> list[dict[str, np.ndarray]]:
+def pack_examples(
+    examples: Iterable[Example], seq_len: int, *, packing: bool = True, truncate: bool = True
+) -> list[dict[str, np.ndarray]]:
     """Greedy next-fit packing of a finite example list into rows (each a dict of ``[seq_len]`` arrays).
 
     ``packing=False`` puts one example per row. Deterministic: the order of examples is kept.
@@ -136,8 +143,9 @@ def pack_examples(examples: Iterable[Example], seq_len: int, *, packing: bool = 
     return rows
 
 
-def stack_rows(rows: list[dict[str, np.ndarray]], batch_size: int | None = None,
-               seq_len: int | None = None) -> dict[str, np.ndarray]:
+def stack_rows(
+    rows: list[dict[str, np.ndarray]], batch_size: int | None = None, seq_len: int | None = None
+) -> dict[str, np.ndarray]:
     """Stacks rows into a batch ``{key: [B, L]}``; pads with empty rows up to ``batch_size`` when given."""
     rows = list(rows)
     if batch_size is not None:

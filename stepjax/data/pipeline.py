@@ -55,9 +55,17 @@ class _ToExample:
         return {**example, "name": f"source record {index}"}
 
 
-def make_example_dataset(source, tokenizer: Tokenizer, *, seed: int, shuffle: bool = True,
-                         num_epochs: int | None = None, to_example: ToExample = default_to_example,
-                         shard_index: int = 0, shard_count: int = 1):
+def make_example_dataset(
+    source,
+    tokenizer: Tokenizer,
+    *,
+    seed: int,
+    shuffle: bool = True,
+    num_epochs: int | None = None,
+    to_example: ToExample = default_to_example,
+    shard_index: int = 0,
+    shard_count: int = 1,
+):
     """The record-level part as a ``grain.MapDataset`` of examples (lazy; index ``i`` = i-th example of the stream).
 
     Shard ``shard_index`` of ``shard_count`` holds records ``shard_index, shard_index + shard_count, ...`` of the
@@ -91,8 +99,16 @@ class LMBatchIterator:
     the last batch is padded with empty rows (loss mask 0), then ``StopIteration``.
     """
 
-    def __init__(self, examples, *, seq_len: int, batch_size: int, packing: bool = True, truncate: bool = True,
-                 identity: dict | None = None):
+    def __init__(
+        self,
+        examples,
+        *,
+        seq_len: int,
+        batch_size: int,
+        packing: bool = True,
+        truncate: bool = True,
+        identity: dict | None = None,
+    ):
         """``examples``: an iterable of examples whose iterator has ``get_state``/``set_state`` (a grain
         ``IterDataset``); ``identity``: values saved in the state and checked on restore (seed, shard, ...)."""
         if seq_len < 1 or batch_size < 1:
@@ -149,11 +165,17 @@ class LMBatchIterator:
     def get_state(self) -> dict:
         pending = None
         if self._pending is not None:
-            pending = {"tokens": [int(t) for t in self._pending["tokens"]],
-                       "loss_mask": [int(m) for m in self._pending["loss_mask"]],
-                       "name": self._pending.get("name", "<unnamed>")}
-        return {"examples": self._it.get_state(), "pending": pending, "exhausted": self._exhausted,
-                "identity": self._identity}
+            pending = {
+                "tokens": [int(t) for t in self._pending["tokens"]],
+                "loss_mask": [int(m) for m in self._pending["loss_mask"]],
+                "name": self._pending.get("name", "<unnamed>"),
+            }
+        return {
+            "examples": self._it.get_state(),
+            "pending": pending,
+            "exhausted": self._exhausted,
+            "identity": self._identity,
+        }
 
     def set_state(self, state: dict) -> None:
         saved = state.get("identity", {})
@@ -170,7 +192,6 @@ class LMBatchIterator:
         # Re-fit: the state may come from a run with a longer seq_len.
         self._pending = None if pending is None else fit_example(dict(pending), self.seq_len, truncate=self.truncate)
         self._exhausted = bool(state["exhausted"])
-
 
     def _close_upstream(self) -> None:
         close = getattr(self._it, "close", None)
@@ -204,10 +225,23 @@ def _ensure_absl_flags_parsed() -> None:
         flags.FLAGS.mark_as_parsed()
 
 
-def make_lm_pipeline(source, tokenizer: Tokenizer, *, seq_len: int, batch_size: int, seed: int,
-                     shuffle: bool = True, num_epochs: int | None = None, packing: bool = True,
-                     to_example: ToExample = default_to_example, truncate: bool = True, shard_index: int = 0,
-                     shard_count: int = 1, num_threads: int = 0, worker_count: int = 0) -> LMBatchIterator:
+def make_lm_pipeline(
+    source,
+    tokenizer: Tokenizer,
+    *,
+    seq_len: int,
+    batch_size: int,
+    seed: int,
+    shuffle: bool = True,
+    num_epochs: int | None = None,
+    packing: bool = True,
+    to_example: ToExample = default_to_example,
+    truncate: bool = True,
+    shard_index: int = 0,
+    shard_count: int = 1,
+    num_threads: int = 0,
+    worker_count: int = 0,
+) -> LMBatchIterator:
     """Builds the resumable LM batch iterator over ``source`` (any ``__len__``/``__getitem__`` of records).
 
     Args:
@@ -224,14 +258,30 @@ def make_lm_pipeline(source, tokenizer: Tokenizer, *, seq_len: int, batch_size: 
     """
     import grain
 
-    examples = make_example_dataset(source, tokenizer, seed=seed, shuffle=shuffle, num_epochs=num_epochs,
-                                    to_example=to_example, shard_index=shard_index, shard_count=shard_count)
+    examples = make_example_dataset(
+        source,
+        tokenizer,
+        seed=seed,
+        shuffle=shuffle,
+        num_epochs=num_epochs,
+        to_example=to_example,
+        shard_index=shard_index,
+        shard_count=shard_count,
+    )
     read_options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=max(1, 4 * num_threads))
     iter_ds = examples.to_iter_dataset(read_options)
     if worker_count > 0:
         _ensure_absl_flags_parsed()
         iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
-    identity = {"seed": seed, "shuffle": shuffle, "num_epochs": num_epochs, "shard_index": shard_index,
-                "shard_count": shard_count, "source_len": len(source), "worker_count": worker_count}
-    return LMBatchIterator(iter_ds, seq_len=seq_len, batch_size=batch_size, packing=packing, truncate=truncate,
-                           identity=identity)
+    identity = {
+        "seed": seed,
+        "shuffle": shuffle,
+        "num_epochs": num_epochs,
+        "shard_index": shard_index,
+        "shard_count": shard_count,
+        "source_len": len(source),
+        "worker_count": worker_count,
+    }
+    return LMBatchIterator(
+        iter_ds, seq_len=seq_len, batch_size=batch_size, packing=packing, truncate=truncate, identity=identity
+    )

@@ -114,8 +114,9 @@ class HFTokenizer:
     ``pad_id`` falls back to ``eos_id`` and then to 0 (the batch contract marks padding with segment 0 anyway).
     """
 
-    def __init__(self, tokenizer, *, bos_token: str | None = None, eos_token: str | None = None,
-                 pad_token: str | None = None):
+    def __init__(
+        self, tokenizer, *, bos_token: str | None = None, eos_token: str | None = None, pad_token: str | None = None
+    ):
         self._tok = tokenizer
         specials = [t.content for t in tokenizer.get_added_tokens_decoder().values() if t.special]
         self._bos_id = self._pick("bos_token", bos_token, specials, _BOS_NAMES)
@@ -135,8 +136,14 @@ class HFTokenizer:
         return None
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike, *, bos_token: str | None = None, eos_token: str | None = None,
-                  pad_token: str | None = None) -> HFTokenizer:
+    def from_file(
+        cls,
+        path: str | os.PathLike,
+        *,
+        bos_token: str | None = None,
+        eos_token: str | None = None,
+        pad_token: str | None = None,
+    ) -> HFTokenizer:
         """Loads ``path`` (a ``tokenizer.json``, or a folder holding one)."""
         from tokenizers import Tokenizer as _HFTokenizer
 

@@ -30,8 +30,16 @@ def answer_accuracy(
     """
     prefix = [tokenizer.bos_id] if add_bos and tokenizer.bos_id is not None else []
     prompts = [prefix + tokenizer.encode(r["prompt"]) for r in records]
-    outputs = greedy_generate(graphdef, params, prompts, max_new_tokens=max_new_tokens, eos_id=tokenizer.eos_id,
-                              pad_id=tokenizer.pad_id, extra=extra, batch_size=min(batch_size, len(prompts)))
+    outputs = greedy_generate(
+        graphdef,
+        params,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        eos_id=tokenizer.eos_id,
+        pad_id=tokenizer.pad_id,
+        extra=extra,
+        batch_size=min(batch_size, len(prompts)),
+    )
     completions = [tokenizer.decode(ids) for ids in outputs]
     boxed = [extract_boxed(text) for text in completions]
     correct = [answers_match(b, str(r["ground_truth"])) for b, r in zip(boxed, records, strict=True)]

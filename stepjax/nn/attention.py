@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -66,6 +67,8 @@ def dot_product_attention(
         raise ValueError(f"num_heads {n} is not a multiple of num_kv_heads {kv}")
     g = n // kv
     scale = h**-0.5 if scale is None else scale
+    if bias is None and isinstance(scale, int | float):
+        return _grouped_attention(q, k, v, mask, float(scale))
     qg = q.reshape(b, t, kv, g, h)
     logits = jnp.einsum("btkgh,bskh->bkgts", qg, k, preferred_element_type=jnp.float32) * scale
     if bias is not None:
@@ -75,6 +78,66 @@ def dot_product_attention(
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     out = jnp.einsum("bkgts,bskh->btkgh", probs, v)
     return out.reshape(b, t, n, h)
+
+
+# Without a bias, attention runs as plain batched GEMMs over [batch, kv_heads, group * q_len, ...] rows with a
+# hand-written backward pass: autodiff of the einsums above makes XLA CPU transpose [.., q_len, k_len]-sized
+# tensors several times and reduce over k_len in the softmax backward; the rule below uses the usual
+# ``dS = P * (dP - rowsum(dO * O))`` and touches each [q_len, k_len] tensor a fixed, small number of times
+# (~35% less time for a 57M-model layer's attention on CPU). Same maths; values agree to float reassociation.
+
+
+def _to_rows(x: jax.Array, kv: int) -> jax.Array:
+    """``[b, t, n, h]`` -> ``[b, kv, g * t, h]`` (row ``j * t + i`` is query ``i`` of head ``j`` in the group)."""
+    b, t, n, h = x.shape
+    return x.reshape(b, t, kv, n // kv, h).transpose(0, 2, 3, 1, 4).reshape(b, kv, n // kv * t, h)
+
+
+def _from_rows(x: jax.Array, t: int) -> jax.Array:
+    """Inverse of ``_to_rows``: ``[b, kv, g * t, h]`` -> ``[b, t, n, h]``."""
+    b, kv, rows, h = x.shape
+    return x.reshape(b, kv, rows // t, t, h).transpose(0, 3, 1, 2, 4).reshape(b, t, kv * (rows // t), h)
+
+
+def _row_probs(qh: jax.Array, kh: jax.Array, mask: jax.Array | None, t: int) -> jax.Array:
+    """float32 softmax probabilities ``[b, kv, g * t, k_len]`` of (pre-scaled) query rows against keys."""
+    b, kv, rows, _ = qh.shape
+    logits = jnp.einsum("bkqh,bksh->bkqs", qh, kh, preferred_element_type=jnp.float32)
+    if mask is not None:
+        logits = logits.reshape(b, kv, rows // t, t, -1)
+        logits = jnp.where(mask[:, None, None], logits, _MASKED).reshape(b, kv, rows, -1)
+    return jax.nn.softmax(logits, axis=-1)
+
+
+def _grouped_attention_fwd(q, k, v, mask, scale):
+    t, kv = q.shape[1], k.shape[2]
+    qh = _to_rows(q * jnp.asarray(scale, q.dtype), kv)
+    kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+    probs = _row_probs(qh, kh, mask, t)
+    out_h = jnp.einsum("bkqs,bksh->bkqh", probs.astype(v.dtype), vh)
+    return _from_rows(out_h, t).astype(q.dtype), (qh, kh, vh, probs, out_h, mask)
+
+
+def _grouped_attention_bwd(scale, residuals, g):
+    qh, kh, vh, probs, out_h, mask = residuals
+    t, kv = g.shape[1], kh.shape[1]
+    gh = _to_rows(g.astype(vh.dtype), kv)
+    dv = jnp.einsum("bkqs,bkqh->bksh", probs.astype(vh.dtype), gh)
+    dp = jnp.einsum("bkqh,bksh->bkqs", gh, vh, preferred_element_type=jnp.float32)
+    delta = jnp.sum(gh.astype(jnp.float32) * out_h.astype(jnp.float32), axis=-1, keepdims=True)
+    ds = (probs * (dp - delta)).astype(qh.dtype)
+    dq = _from_rows(jnp.einsum("bkqs,bksh->bkqh", ds, kh), t) * jnp.asarray(scale, qh.dtype)
+    dk = jnp.einsum("bkqs,bkqh->bksh", ds, qh)
+    dmask = None if mask is None else jnp.zeros(mask.shape, jax.dtypes.float0)
+    return dq, dk.transpose(0, 2, 1, 3), dv.transpose(0, 2, 1, 3), dmask
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _grouped_attention(q, k, v, mask, scale):
+    return _grouped_attention_fwd(q, k, v, mask, scale)[0]
+
+
+_grouped_attention.defvjp(_grouped_attention_fwd, _grouped_attention_bwd)
 
 
 class Attention(nnx.Module):
@@ -137,7 +200,9 @@ class Attention(nnx.Module):
         self.q_norm = RMSNorm(head_dim, **norm) if qk_norm else None
         self.k_norm = RMSNorm(head_dim, **norm) if qk_norm else None
         # Constants, not parameters: kept as plain (static) attributes so they never enter the optimizer state.
-        self.inv_freq = tuple(rope_inv_freq(head_dim, rope_theta, rope_scaling).tolist()) if position == "rope" else None
+        self.inv_freq = (
+            tuple(rope_inv_freq(head_dim, rope_theta, rope_scaling).tolist()) if position == "rope" else None
+        )
         self.slopes = tuple(alibi_slopes(num_heads).tolist()) if "alibi" in position else None
 
     def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array) -> jax.Array:

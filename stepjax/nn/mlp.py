@@ -19,7 +19,10 @@ MLP_KINDS = ("swiglu", "geglu", "gelu", "relu")
 
 
 class MLP(nnx.Module):
-    """``kind='swiglu'``: ``down(silu(gate(x)) * up(x))``; ``'geglu'`` with gelu; ``'gelu'``/``'relu'``: ``down(act(up(x)))``.
+    """Feed-forward block.
+
+    ``kind='swiglu'``: ``down(silu(gate(x)) * up(x))``; ``'geglu'`` with gelu; ``'gelu'``/``'relu'``:
+    ``down(act(up(x)))``.
 
     ``x``: ``[..., embed]`` -> ``[..., embed]``; hidden ``[..., mlp]``.
     """

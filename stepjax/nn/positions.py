@@ -85,7 +85,7 @@ def alibi_slopes(num_heads: int) -> np.ndarray:
     With ``n = 2^floor(log2 H)``: ``2^(-8k/n)`` for ``k = 1..n``, then for ``H > n`` the odd-indexed slopes of the
     ``2n`` sequence, ``2^(-4k/n)`` for ``k = 1, 3, ..., 2(H - n) - 1``.
     """
-    n = 2 ** int(math.floor(math.log2(num_heads)))
+    n = 2 ** math.floor(math.log2(num_heads))
     slopes = [2.0 ** (-8.0 * k / n) for k in range(1, n + 1)]
     slopes += [2.0 ** (-4.0 * k / n) for k in range(1, 2 * (num_heads - n), 2)]
     return np.asarray(slopes, dtype=np.float64)

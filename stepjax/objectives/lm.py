@@ -11,37 +11,9 @@ from stepjax.objectives.terms import LossTerms, Term, aggregate
 
 def token_log_probs(logits: jax.Array, targets: jax.Array) -> jax.Array:
     """``log softmax(logits)[targets]``: ``[batch, len, vocab]``, ``[batch, len]`` -> ``[batch, len]`` float32."""
-    nll, _ = _nll_and_lse(logits.astype(jnp.float32), targets)
-    return -nll
-
-
-@jax.custom_vjp
-def _nll_and_lse(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """``(logsumexp(logits) - logits[targets], logsumexp(logits))``, both ``[batch, len]``, from float32 logits.
-
-    A custom VJP because autodiff of ``take_along_axis`` is a scatter-add into a zeroed ``[batch, len, vocab]``
-    buffer followed by separate softmax passes; the rule below writes the logits' gradient in one fused pass,
-    ``softmax * (g_nll + g_lse) - onehot(targets) * g_nll``.
-    """
-    lse = jax.nn.logsumexp(logits, axis=-1)
-    return lse - jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0], lse
-
-
-def _nll_and_lse_fwd(logits, targets):
-    nll, lse = _nll_and_lse(logits, targets)
-    return (nll, lse), (logits, targets, lse)
-
-
-def _nll_and_lse_bwd(residuals, cotangents):
-    logits, targets, lse = residuals
-    g_nll, g_lse = cotangents
-    probs = jnp.exp(logits - lse[..., None])
-    onehot = jax.lax.broadcasted_iota(targets.dtype, logits.shape, logits.ndim - 1) == targets[..., None]
-    dlogits = probs * (g_nll + g_lse)[..., None] - jnp.where(onehot, g_nll[..., None], 0.0)
-    return dlogits, None
-
-
-_nll_and_lse.defvjp(_nll_and_lse_fwd, _nll_and_lse_bwd)
+    logits = logits.astype(jnp.float32)
+    target_logits = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    return target_logits - jax.nn.logsumexp(logits, axis=-1)
 
 
 @register_loss("lm")
@@ -64,7 +36,8 @@ def lm_loss(
       ``{'lm': Term, 'accuracy': Term, 'z_loss': Term (only if z_loss > 0)}``.
     """
     logits = logits.astype(jnp.float32)
-    nll, lse = _nll_and_lse(logits, targets)
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    nll = lse - jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
     terms = {"lm": aggregate(nll, loss_mask, aggregation, segment_ids=segment_ids)}
     correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
     terms["accuracy"] = aggregate(correct, loss_mask, "token_mean")

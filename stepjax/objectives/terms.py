@@ -59,8 +59,9 @@ def aggregate(
         seg_sum = jnp.einsum("bt,bts->bs", per_token, onehot)
         seg_cnt = jnp.einsum("bt,bts->bs", mask, onehot)
         present = seg_cnt > 0
-        return Term(jnp.sum(jnp.where(present, seg_sum / jnp.maximum(seg_cnt, 1.0), 0.0)),
-                    present.sum().astype(jnp.float32))
+        return Term(
+            jnp.sum(jnp.where(present, seg_sum / jnp.maximum(seg_cnt, 1.0), 0.0)), present.sum().astype(jnp.float32)
+        )
     if mode == "constant":
         return Term(per_token.sum(), jnp.asarray(per_token.shape[0] * constant, jnp.float32))
     if mode == "sum":

@@ -53,9 +53,7 @@ def local_batch_rows(mesh: Mesh, global_batch_size: int, rules: Rules | None = N
     return np.asarray(sorted(rows), dtype=np.int64)
 
 
-def shard_batch(
-    batch: Mapping[str, np.ndarray], mesh: Mesh, rules: Rules | None = None
-) -> dict[str, jax.Array]:
+def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh, rules: Rules | None = None) -> dict[str, jax.Array]:
     """Host batch -> global arrays on ``mesh``, batch axis split per ``batch_sharding``.
 
     Args:

@@ -23,6 +23,7 @@ ENV_COORDINATOR = "STEPJAX_COORDINATOR"
 ENV_NUM_PROCESSES = "STEPJAX_NUM_PROCESSES"
 ENV_PROCESS_ID = "STEPJAX_PROCESS_ID"
 
+
 class DistributedConfigError(ValueError):
     """Multi-process settings are incomplete or inconsistent."""
 
@@ -120,8 +121,9 @@ def initialize_distributed(
         call asks for a different process layout than the running one.
     """
     given = {
-        "coordinator_address": coordinator_address if coordinator_address is not None else os.environ.get(
-            ENV_COORDINATOR) or None,
+        "coordinator_address": coordinator_address
+        if coordinator_address is not None
+        else os.environ.get(ENV_COORDINATOR) or None,
         "num_processes": num_processes if num_processes is not None else _env_int(ENV_NUM_PROCESSES),
         "process_id": process_id if process_id is not None else _env_int(ENV_PROCESS_ID),
     }
@@ -132,8 +134,11 @@ def initialize_distributed(
 
     missing = [k for k, v in given.items() if v is None]
     if missing and len(missing) < len(given):
-        sources = {"coordinator_address": ENV_COORDINATOR, "num_processes": ENV_NUM_PROCESSES,
-                   "process_id": ENV_PROCESS_ID}
+        sources = {
+            "coordinator_address": ENV_COORDINATOR,
+            "num_processes": ENV_NUM_PROCESSES,
+            "process_id": ENV_PROCESS_ID,
+        }
         present = sorted(set(given) - set(missing))
         raise DistributedConfigError(
             f"multi-process settings are incomplete: got {present} but not {missing}; give all three "

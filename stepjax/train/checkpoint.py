@@ -200,8 +200,10 @@ class CheckpointManager:
         try:  # strict: a state stringified here could not be handed back to set_state()
             data_state = json.loads(json.dumps(data_state))
         except (TypeError, ValueError) as e:
-            raise TypeError(f"the data-iterator state must be JSON-serialisable (a dict of numbers, strings, lists): "
-                            f"{e}; got {data_state!r:.200}") from e
+            raise TypeError(
+                f"the data-iterator state must be JSON-serialisable (a dict of numbers, strings, lists): "
+                f"{e}; got {data_state!r:.200}"
+            ) from e
         data = {"format": _DATA_FORMAT, "states": _allgather_json(data_state)}
         args = ocp.args.Composite(
             **{STATE: ocp.args.StandardSave(state), DATA: ocp.args.JsonSave(data), META: ocp.args.JsonSave(meta)}
@@ -295,8 +297,13 @@ class CheckpointManager:
                 continue
             if bad:
                 moved = self._quarantine(bad)
-                log.warning("resumed from step %d of %s; unreadable newer checkpoints %s were moved to %s",
-                            step, self.directory, bad, moved)
+                log.warning(
+                    "resumed from step %d of %s; unreadable newer checkpoints %s were moved to %s",
+                    step,
+                    self.directory,
+                    bad,
+                    moved,
+                )
             return restored
         raise CorruptCheckpointError(
             f"no checkpoint in {self.directory} can be read (steps {steps}); nothing was deleted", steps[-1]
@@ -325,12 +332,17 @@ class CheckpointManager:
 
     def _check_matches(self, step: int, abstract: Any) -> None:
         saved = self._saved_arrays(step)
-        wanted = {_leaf_name(p): (tuple(x.shape), np.dtype(x.dtype))
-                  for p, x in jax.tree_util.tree_flatten_with_path(abstract)[0]}
+        wanted = {
+            _leaf_name(p): (tuple(x.shape), np.dtype(x.dtype))
+            for p, x in jax.tree_util.tree_flatten_with_path(abstract)[0]
+        }
         problems = [f"{k}: missing in checkpoint" for k in wanted if k not in saved]
         problems += [f"{k}: in checkpoint but not in the model" for k in saved if k not in wanted]
-        problems += [f"{k}: checkpoint {saved[k][0]} {saved[k][1]} vs model {v[0]} {v[1]}"
-                     for k, v in wanted.items() if k in saved and saved[k] != v]
+        problems += [
+            f"{k}: checkpoint {saved[k][0]} {saved[k][1]} vs model {v[0]} {v[1]}"
+            for k, v in wanted.items()
+            if k in saved and saved[k] != v
+        ]
         if problems:
             shown = "; ".join(problems[:8]) + (f"; ... ({len(problems)} differences)" if len(problems) > 8 else "")
             raise CheckpointMismatchError(

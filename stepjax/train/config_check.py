@@ -33,7 +33,9 @@ def _compatible(value: Any, default: Any) -> bool:
     return isinstance(value, type(default))
 
 
-def check_against_schema(config: Any, schema: Any, *, prefix: str = "config", open_sections: Iterable[str] = ()) -> None:
+def check_against_schema(
+    config: Any, schema: Any, *, prefix: str = "config", open_sections: Iterable[str] = ()
+) -> None:
     """Raises ``ConfigError`` for the first key of ``config`` absent from ``schema`` or of a different type.
 
     Args:
@@ -43,7 +45,7 @@ def check_against_schema(config: Any, schema: Any, *, prefix: str = "config", op
     if prefix in open_sections:
         return
     known = list(schema.keys())
-    for key in config.keys():
+    for key in config.keys():  # noqa: SIM118 (ConfigDict, not a dict)
         path = f"{prefix}.{key}"
         if key not in schema:
             close = difflib.get_close_matches(key, known, n=1)

@@ -22,7 +22,8 @@ class NonFiniteLossError(FloatingPointError):
         self.metrics = dict(metrics or {})
         shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(self.metrics.items()) if isinstance(v, float))
         super().__init__(
-            f"non-finite loss or gradients at step {self.step}" + (f" ({shown})" if shown else "")
+            f"non-finite loss or gradients at step {self.step}"
+            + (f" ({shown})" if shown else "")
             + "; the update was withheld and no checkpoint of this step was written. Lower the learning rate, "
             "check the data of this step, or set nonfinite='skip' to continue past such steps."
         )
@@ -40,8 +41,10 @@ class Preempted(SystemExit):
         self.step = int(step)
         self.checkpoint_dir = str(checkpoint_dir)
         self.signal_name = signal_name
-        self.message = (f"preempted by {signal_name} at step {self.step}; checkpoint saved in "
-                        f"{self.checkpoint_dir}/{self.step}; rerun the same command to resume")
+        self.message = (
+            f"preempted by {signal_name} at step {self.step}; checkpoint saved in "
+            f"{self.checkpoint_dir}/{self.step}; rerun the same command to resume"
+        )
 
     def __str__(self) -> str:
         return self.message

@@ -66,8 +66,11 @@ class LoopConfig:
 
         need(isinstance(self.total_steps, int) and self.total_steps >= 0, "total_steps", "an int >= 0")
         need(isinstance(self.log_every, int) and self.log_every >= 1, "log_every", "an int >= 1")
-        need(isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 0, "checkpoint_every",
-             "an int >= 0 (0: only at the end and on preemption)")
+        need(
+            isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 0,
+            "checkpoint_every",
+            "an int >= 0 (0: only at the end and on preemption)",
+        )
         need(isinstance(self.keep_checkpoints, int) and self.keep_checkpoints >= 1, "keep_checkpoints", "an int >= 1")
         need(isinstance(self.eval_every, int) and self.eval_every >= 0, "eval_every", "an int >= 0 (0: no eval)")
         need(self.nonfinite in NONFINITE, "nonfinite", f"one of {NONFINITE}")
@@ -195,29 +198,42 @@ def run_training(
       NonFiniteLossError: policy ``'error'`` and a non-finite step.
       CheckpointError: corrupt/mismatched checkpoint, or ``resume`` not satisfiable (all before any step runs).
     """
-    cfg = LoopConfig(total_steps=total_steps, log_every=log_every, checkpoint_every=checkpoint_every,
-                     keep_checkpoints=keep_checkpoints, eval_every=eval_every, nonfinite=nonfinite,
-                     on_corrupt=on_corrupt, async_checkpoints=async_checkpoints,
-                     tokens_per_batch=tokens_per_batch, resume=resume)
+    cfg = LoopConfig(
+        total_steps=total_steps,
+        log_every=log_every,
+        checkpoint_every=checkpoint_every,
+        keep_checkpoints=keep_checkpoints,
+        eval_every=eval_every,
+        nonfinite=nonfinite,
+        on_corrupt=on_corrupt,
+        async_checkpoints=async_checkpoints,
+        tokens_per_batch=tokens_per_batch,
+        resume=resume,
+    )
     if cfg.eval_every and eval_fn is None:
         raise ValueError(f"loop option eval_every={cfg.eval_every} needs an eval_fn")
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     # resume='required': a missing checkpoint directory is an error (named), not something to create.
-    ckpt = CheckpointManager(workdir / CHECKPOINT_DIR, max_to_keep=cfg.keep_checkpoints,
-                             save_every=cfg.checkpoint_every, async_save=cfg.async_checkpoints,
-                             on_corrupt=cfg.on_corrupt, create=cfg.resume != "required")
+    ckpt = CheckpointManager(
+        workdir / CHECKPOINT_DIR,
+        max_to_keep=cfg.keep_checkpoints,
+        save_every=cfg.checkpoint_every,
+        async_save=cfg.async_checkpoints,
+        on_corrupt=cfg.on_corrupt,
+        create=cfg.resume != "required",
+    )
     writer = progress = None
     try:
         with _StopRequest().installed() as stop:
             state, start = _resume(ckpt, state, train_iter, cfg)
             writer = MetricWriter(workdir, resume_step=start)
-            progress = Progress(cfg.total_steps, initial=start, tokens_per_step=cfg.tokens_per_batch,
-                                bar=progress_bar)
+            progress = Progress(cfg.total_steps, initial=start, tokens_per_step=cfg.tokens_per_batch, bar=progress_bar)
             if start:
                 progress.message(f"resumed from step {start} ({ckpt.step_dir(start)})")
-            loop = _Loop(cfg, ckpt, writer, progress, stop, train_iter, step_fn, eval_fn, put_batch, hooks,
-                         config_snapshot)
+            loop = _Loop(
+                cfg, ckpt, writer, progress, stop, train_iter, step_fn, eval_fn, put_batch, hooks, config_snapshot
+            )
             return loop.run(state, start)
     finally:
         _close_quietly(ckpt.close, "waiting for checkpoint saves")
@@ -231,8 +247,10 @@ def _resume(ckpt: CheckpointManager, state: Any, train_iter: Any, cfg: LoopConfi
     if cfg.resume == "never":
         existing = ckpt.all_steps()
         if existing:
-            raise CheckpointError(f"resume='never' but {ckpt.directory} already holds checkpoints {existing}; use a "
-                                  "fresh workdir or resume='auto'")
+            raise CheckpointError(
+                f"resume='never' but {ckpt.directory} already holds checkpoints {existing}; use a "
+                "fresh workdir or resume='auto'"
+            )
         return state, int(jax.device_get(state.step))
     restored = ckpt.restore_latest(abstract_state(state), required=cfg.resume == "required")
     if restored is None:
@@ -275,8 +293,12 @@ class _Loop:
             self.writer.write(step, host)
             raise NonFiniteLossError(step, host)
         self.skipped += 1
-        log.warning("non-finite loss or gradients at step %d: update withheld, continuing (nonfinite='skip'; "
-                    "%d such steps so far)", step, self.skipped)
+        log.warning(
+            "non-finite loss or gradients at step %d: update withheld, continuing (nonfinite='skip'; "
+            "%d such steps so far)",
+            step,
+            self.skipped,
+        )
         self.progress.message(f"warning: non-finite loss at step {step}; update skipped")
 
     def save(self, step: int, state: Any, *, wait: bool) -> None:
@@ -297,8 +319,10 @@ class _Loop:
                 if pending is not None:
                     self.check_finite(*pending)
                 self.save(step, state, wait=True)
-                raise RuntimeError(f"train_iter ran out after step {step} of total_steps={cfg.total_steps}; a "
-                                   f"checkpoint of step {step} was saved") from None
+                raise RuntimeError(
+                    f"train_iter ran out after step {step} of total_steps={cfg.total_steps}; a "
+                    f"checkpoint of step {step} was saved"
+                ) from None
             state, metrics = self.step_fn(state, self.put_batch(batch))
             step += 1
             if step == start + 1:  # the first step compiles: start the rate clock once it is done

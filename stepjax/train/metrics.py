@@ -76,8 +76,14 @@ class MetricWriter:
       is_main: override of ``jax.process_index() == 0``.
     """
 
-    def __init__(self, workdir: str | os.PathLike, *, resume_step: int | None = None, tensorboard: bool = True,
-                 is_main: bool | None = None):
+    def __init__(
+        self,
+        workdir: str | os.PathLike,
+        *,
+        resume_step: int | None = None,
+        tensorboard: bool = True,
+        is_main: bool | None = None,
+    ):
         self.workdir = Path(workdir)
         self.path = self.workdir / METRICS_FILE
         self.is_main = jax.process_index() == 0 if is_main is None else is_main

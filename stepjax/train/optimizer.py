@@ -21,8 +21,9 @@ def make_schedule(cfg: Mapping[str, Any], total_steps: int) -> optax.Schedule:
     if kind == "constant":
         return optax.constant_schedule(lr)
     if kind == "warmup_constant":
-        return optax.join_schedules([optax.linear_schedule(0.0, lr, max(warmup, 1)), optax.constant_schedule(lr)],
-                                    [warmup])
+        return optax.join_schedules(
+            [optax.linear_schedule(0.0, lr, max(warmup, 1)), optax.constant_schedule(lr)], [warmup]
+        )
     decay_steps = max(total_steps - warmup, 1)
     if kind == "warmup_cosine":
         return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, warmup + decay_steps, end)

@@ -40,8 +40,16 @@ class Progress:
       enabled: override of "main process only".
     """
 
-    def __init__(self, total: int, *, initial: int = 0, tokens_per_step: int | None = None,
-                 stream: TextIO | None = None, bar: bool | None = None, enabled: bool | None = None):
+    def __init__(
+        self,
+        total: int,
+        *,
+        initial: int = 0,
+        tokens_per_step: int | None = None,
+        stream: TextIO | None = None,
+        bar: bool | None = None,
+        enabled: bool | None = None,
+    ):
         self.total, self.step = int(total), int(initial)
         self.tokens_per_step = tokens_per_step
         self.stream = stream or sys.stderr
@@ -51,8 +59,9 @@ class Progress:
         if use_bar:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=self.total, initial=self.step, file=self.stream, unit="step", dynamic_ncols=True,
-                             smoothing=0.1)
+            self._bar = tqdm(
+                total=self.total, initial=self.step, file=self.stream, unit="step", dynamic_ncols=True, smoothing=0.1
+            )
         self._mark: tuple[int, float] | None = None  # (step, time) where rate measurement starts
 
     def start_clock(self, step: int) -> None:

@@ -80,8 +80,11 @@ def create_train_state(
     opt_shardings = optimizer_state_shardings(abstract_state.opt_state, abstract_params, param_shardings, replicated)
     shardings = TrainState(
         step=replicated,
-        params=jax.tree.map(lambda v: v.get_value() if isinstance(v, nnx.Variable) else v, param_shardings,
-                            is_leaf=lambda x: isinstance(x, nnx.Variable)),
+        params=jax.tree.map(
+            lambda v: v.get_value() if isinstance(v, nnx.Variable) else v,
+            param_shardings,
+            is_leaf=lambda x: isinstance(x, nnx.Variable),
+        ),
         opt_state=opt_shardings,
         rng=replicated,
         extra=extra_shardings,

@@ -231,6 +231,6 @@ def test_to_orz_format_gives_one_transcript():
     record = arithmetic_record(47, "+", 85)
     orz = to_orz_format(record, bos="<s>")
     assert orz["prompt"] == orz_prompt("47+85", bos="<s>")
-    assert orz["prompt"] + orz["response"] == orz_prompt("47+85", bos="<s>") + record["response"][len("<think>"):]
+    assert orz["prompt"] + orz["response"] == orz_prompt("47+85", bos="<s>") + record["response"][len("<think>") :]
     assert orz["response"].endswith("</think><answer>\\boxed{132}</answer>")
     assert orz["steps"] == record["steps"] and orz["ground_truth"] == "132"

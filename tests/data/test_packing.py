@@ -32,8 +32,13 @@ def unpack_rows(rows):
 
 def check_row_invariants(row, seq_len):
     seg, pos = row["segment_ids"], row["positions"]
-    for key, dtype in [("inputs", np.int32), ("targets", np.int32), ("loss_mask", np.float32),
-                       ("positions", np.int32), ("segment_ids", np.int32)]:
+    for key, dtype in [
+        ("inputs", np.int32),
+        ("targets", np.int32),
+        ("loss_mask", np.float32),
+        ("positions", np.int32),
+        ("segment_ids", np.int32),
+    ]:
         assert row[key].shape == (seq_len,) and row[key].dtype == dtype, key
     used = np.flatnonzero(seg > 0)
     # Segments occupy a prefix, in order 1..S, each contiguous; padding after them.

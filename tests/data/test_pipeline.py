@@ -53,8 +53,13 @@ def assert_same_batches(xs, ys):
 
 def test_batches_follow_the_contract():
     batch = next(pipeline())
-    dtypes = {"inputs": np.int32, "targets": np.int32, "loss_mask": np.float32, "positions": np.int32,
-              "segment_ids": np.int32}
+    dtypes = {
+        "inputs": np.int32,
+        "targets": np.int32,
+        "loss_mask": np.float32,
+        "positions": np.int32,
+        "segment_ids": np.int32,
+    }
     assert set(batch) == set(dtypes)
     for k, dtype in dtypes.items():
         assert batch[k].shape == (3, 32) and batch[k].dtype == dtype, k

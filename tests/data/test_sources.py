@@ -21,7 +21,7 @@ from stepjax.data import (
 RECORDS = [
     {"prompt": "Q: 1+1=?", "response": "2", "id": 0},
     {"text": "héllo wörld 🙂", "nested": {"a": [1, 2, {"b": None}]}},
-    {"text": "line\nbreak \"quoted\" \\ backslash"},
+    {"text": 'line\nbreak "quoted" \\ backslash'},
     [1, 2, 3],
     "a bare string",
 ]

@@ -36,8 +36,12 @@ def train_bpe(path, specials=("<pad>", "<s>", "</s>")):
     raw = RawTokenizer(models.BPE())
     raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     raw.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=list(specials),
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=list(specials),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     raw.train_from_iterator(["hello world", "hello there", "the world of words", "1+1=2", "47+85=132"] * 5, trainer)
     raw.save(str(path))
     return raw
@@ -79,7 +83,8 @@ def test_hf_tokenizer_special_token_sources(tmp_path):
     assert tok.eos_id == raw.token_to_id("<|im_end|>") and tok.bos_id == raw.token_to_id("<extra>")
     # A tokenizer_config.json beside the file is read ({"content": ...} form too).
     (tmp_path / "tokenizer_config.json").write_text(
-        json.dumps({"eos_token": {"content": "<|im_end|>"}, "pad_token": "<extra>"}))
+        json.dumps({"eos_token": {"content": "<|im_end|>"}, "pad_token": "<extra>"})
+    )
     tok = HFTokenizer.from_file(tmp_path / "tokenizer.json")
     assert tok.eos_id == raw.token_to_id("<|im_end|>") and tok.pad_id == raw.token_to_id("<extra>")
     with pytest.raises(ValueError, match="not in the vocabulary"):

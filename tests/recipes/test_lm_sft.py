@@ -24,8 +24,9 @@ def _config(variant="tiny"):
 
 def _run_cli(*args, timeout=120):
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    return subprocess.run([sys.executable, "-m", "recipes.run", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "recipes.run", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_every_variant_validates():
@@ -62,8 +63,9 @@ def test_cli_reports_bad_overrides_and_mesh(tmp_path):
     assert bad_key.returncode == 2, bad_key.stderr
     assert "config.train.bach_size" in bad_key.stderr and "batch_size" in bad_key.stderr
     assert "Traceback" not in bad_key.stderr
-    bad_mesh = _run_cli("--config", "configs/lm_sft.py:tiny", "--config.mesh.shape.data=3",
-                        "--workdir", str(tmp_path / "run"))
+    bad_mesh = _run_cli(
+        "--config", "configs/lm_sft.py:tiny", "--config.mesh.shape.data=3", "--workdir", str(tmp_path / "run")
+    )
     assert bad_mesh.returncode == 2, bad_mesh.stderr
     assert "config.mesh.shape" in bad_mesh.stderr and "2 are available" in bad_mesh.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()  # failed before any training
@@ -96,16 +98,29 @@ def test_sigkill_then_resume_reproduces_uninterrupted_run(tmp_path):
     import signal
     import time
 
-    args = ["--config", "configs/lm_sft.py:tiny", "--config.train.total_steps=30", "--config.train.log_every=1",
-            "--config.checkpoint.every=4", "--config.checkpoint.async_save=False", "--config.eval.num_examples=4",
-            "--config.data.packing=True", "--config.train.batch_size=8"]
+    args = [
+        "--config",
+        "configs/lm_sft.py:tiny",
+        "--config.train.total_steps=30",
+        "--config.train.log_every=1",
+        "--config.checkpoint.every=4",
+        "--config.checkpoint.async_save=False",
+        "--config.eval.num_examples=4",
+        "--config.data.packing=True",
+        "--config.train.batch_size=8",
+    ]
     straight = _run_cli(*args, "--workdir", str(tmp_path / "straight"))
     assert straight.returncode == 0, straight.stderr[-2000:]
 
     killed_dir = tmp_path / "killed"
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    proc = subprocess.Popen([sys.executable, "-m", "recipes.run", *args, "--workdir", str(killed_dir)], cwd=REPO,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "recipes.run", *args, "--workdir", str(killed_dir)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     try:
         while time.time() < deadline:

@@ -57,8 +57,9 @@ def train(mesh) -> tuple[list[float], dict[str, np.ndarray]]:
 
     cfg = llm_preset("tiny", num_layers=1)  # one layer: compiles dominate the run time
     tx, _ = make_optimizer({"name": "sgd", "learning_rate": 0.5, "momentum": 0.9}, STEPS)
-    graphdef, state = create_train_state(lambda rngs: DecoderLM(cfg, rngs=rngs), tx, seed=0, mesh=mesh,
-                                         rules=DEFAULT_RULES)
+    graphdef, state = create_train_state(
+        lambda rngs: DecoderLM(cfg, rngs=rngs), tx, seed=0, mesh=mesh, rules=DEFAULT_RULES
+    )
     step = make_train_step(graphdef, lm_loss_fn(), tx, loss_weights={"lm": 1.0})
     rows = local_batch_rows(mesh, GLOBAL_BATCH)
     losses = []

@@ -18,8 +18,16 @@ from stepjax.sharding.distributed import (
     process_count,
 )
 
-CLUSTER_VARS = ("SLURM_JOB_ID", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_NPROCS", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE",
-                "TPU_WORKER_HOSTNAMES", "JAX_COORDINATOR_ADDRESS")
+CLUSTER_VARS = (
+    "SLURM_JOB_ID",
+    "SLURM_PROCID",
+    "SLURM_NTASKS",
+    "SLURM_NPROCS",
+    "OMPI_COMM_WORLD_SIZE",
+    "PMIX_SIZE",
+    "TPU_WORKER_HOSTNAMES",
+    "JAX_COORDINATOR_ADDRESS",
+)
 
 
 @pytest.fixture
@@ -41,8 +49,15 @@ def test_single_process_run_initialises_nothing(calls):
 
 def test_explicit_settings_are_passed_through(calls):
     assert initialize_distributed("10.0.0.1:1234", 4, 3, local_device_ids=[0], initialization_timeout=7) is True
-    assert calls == [dict(coordinator_address="10.0.0.1:1234", num_processes=4, process_id=3, local_device_ids=[0],
-                          initialization_timeout=7)]
+    assert calls == [
+        dict(
+            coordinator_address="10.0.0.1:1234",
+            num_processes=4,
+            process_id=3,
+            local_device_ids=[0],
+            initialization_timeout=7,
+        )
+    ]
 
 
 def test_settings_from_environment(calls, monkeypatch):

@@ -10,7 +10,11 @@ from stepjax.sharding import MESH_AXES, MeshConfigError, batch_axes, make_mesh, 
 
 def test_missing_axes_get_size_one():
     assert resolve_mesh_shape({"data": 2, "tensor": 4}, 8) == {
-        "data": 2, "fsdp": 1, "sequence": 1, "tensor": 4, "expert": 1
+        "data": 2,
+        "fsdp": 1,
+        "sequence": 1,
+        "tensor": 4,
+        "expert": 1,
     }
 
 

@@ -71,8 +71,14 @@ def test_two_processes_train_like_one(tmp_path, devices):
     try:
         for i in range(NUM_PROCESSES):
             files.append(open(tmp_path / f"log_{i}.txt", "w"))  # noqa: SIM115 - closed in finally
-            procs.append(subprocess.Popen([sys.executable, str(WORKER_PATH), str(tmp_path)], env=worker_env(port, i),
-                                          stdout=files[-1], stderr=subprocess.STDOUT))
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, str(WORKER_PATH), str(tmp_path)],
+                    env=worker_env(port, i),
+                    stdout=files[-1],
+                    stderr=subprocess.STDOUT,
+                )
+            )
         # The single-process reference runs while the workers compile.
         ref_losses, ref_params = worker.train(make_mesh(worker.MESH_SHAPE, devices=devices[:4]))
         deadline = time.monotonic() + TIMEOUT_S

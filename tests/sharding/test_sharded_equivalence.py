@@ -68,8 +68,9 @@ def flat_params(tree) -> dict[str, np.ndarray]:
 def run_step(cfg, mesh):
     """One train step; returns ``(initial state, new state, metrics)``."""
     tx = recording_sgd(LR)
-    graphdef, state = create_train_state(lambda rngs: DecoderLM(cfg, rngs=rngs), tx, seed=0, mesh=mesh,
-                                         rules=DEFAULT_RULES)
+    graphdef, state = create_train_state(
+        lambda rngs: DecoderLM(cfg, rngs=rngs), tx, seed=0, mesh=mesh, rules=DEFAULT_RULES
+    )
     step = make_train_step(graphdef, lm_loss_fn(), tx, loss_weights={"lm": 1.0})
     batch = make_batch()
     if mesh is None:

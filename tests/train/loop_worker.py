@@ -38,9 +38,19 @@ def main() -> None:
             time.sleep(args.sleep)
 
     try:
-        state = run_training(state, step_fn, ArrayIterator(seed=0), args.workdir, total_steps=args.total,
-                             log_every=1, checkpoint_every=args.checkpoint_every, keep_checkpoints=3, hooks=[hook],
-                             config_snapshot={"total": args.total}, progress_bar=False)
+        state = run_training(
+            state,
+            step_fn,
+            ArrayIterator(seed=0),
+            args.workdir,
+            total_steps=args.total,
+            log_every=1,
+            checkpoint_every=args.checkpoint_every,
+            keep_checkpoints=3,
+            hooks=[hook],
+            config_snapshot={"total": args.total},
+            progress_bar=False,
+        )
     except Preempted as e:
         print(f"PREEMPTED step={e.step}", flush=True)
         raise

@@ -41,11 +41,22 @@ graphdef, state = create_train_state(lambda r: TinyRegressor(r), tx, seed=0, mes
 step = make_train_step(graphdef, regression_loss, tx, loss_weights={"mse": 1.0}, schedule=schedule)
 with jax.set_mesh(mesh):
     step_fn = jit_train_step(step, state)
-    state = run_training(state, step_fn, ArrayIterator(seed=10 + pid), workdir, total_steps=total, log_every=1,
-                         checkpoint_every=2, put_batch=lambda b: shard_batch(b, mesh), progress_bar=False)
+    state = run_training(
+        state,
+        step_fn,
+        ArrayIterator(seed=10 + pid),
+        workdir,
+        total_steps=total,
+        log_every=1,
+        checkpoint_every=2,
+        put_batch=lambda b: shard_batch(b, mesh),
+        progress_bar=False,
+    )
 with CheckpointManager(os.path.join(workdir, "checkpoints"), create=False) as mgr:
     restored = mgr.restore(total, abstract_state(state))
 params = jax.experimental.multihost_utils.process_allgather(state.params, tiled=True)
 checksum = float(sum(np.abs(np.asarray(x)).sum() for x in jax.tree.leaves(params)))
-print("RESULT " + json.dumps({"step": int(state.step), "data_state": restored.data_state, "checksum": checksum}),
-      flush=True)
+print(
+    "RESULT " + json.dumps({"step": int(state.step), "data_state": restored.data_state, "checksum": checksum}),
+    flush=True,
+)

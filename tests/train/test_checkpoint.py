@@ -30,8 +30,13 @@ def _equal(a, b) -> bool:
 def test_round_trip_state_data_and_metadata(tmp_path):
     _, state, _ = build()
     with CheckpointManager(tmp_path, async_save=True) as mgr:
-        assert mgr.save(7, state, data_state={"index": 7, "epoch": [1, 2]},
-                        metadata={"config": {"shape": (2, 3), "lr": np.float32(0.5), "path": Path("/x")}}, force=True)
+        assert mgr.save(
+            7,
+            state,
+            data_state={"index": 7, "epoch": [1, 2]},
+            metadata={"config": {"shape": (2, 3), "lr": np.float32(0.5), "path": Path("/x")}},
+            force=True,
+        )
         assert not mgr.save(7, state, force=True)  # an existing step is never overwritten
         assert not mgr.save(8, state)  # save_every=0: only forced saves
     with CheckpointManager(tmp_path, create=False) as mgr:
@@ -70,8 +75,7 @@ def test_sharded_restore_into_another_mesh(tmp_path, devices):
     # Source: last dimension split 8 ways; target: 2 x 4 over both dimensions (a different layout on every leaf).
     spec_a = lambda x: P(*[None] * (x.ndim - 1), "x") if x.ndim and x.shape[-1] % 8 == 0 else P()
     fits = lambda x, *sizes: x.ndim == len(sizes) and all(d % n == 0 for d, n in zip(x.shape, sizes, strict=True))
-    spec_b = lambda x: (P("a", "b") if fits(x, 2, 4) else P("b", "a") if fits(x, 4, 2)
-                        else P("b") if fits(x, 4) else P())
+    spec_b = lambda x: P("a", "b") if fits(x, 2, 4) else P("b", "a") if fits(x, 4, 2) else P("b") if fits(x, 4) else P()
     _, state, _ = build()
     source, target = _place(state, mesh_a, spec_a), _place(state, mesh_b, spec_b)
     kernel = lambda s: s.params["l1"]["kernel"][...]

@@ -41,10 +41,22 @@ def compile_cache(tmp_path_factory) -> Path:
 
 
 def _worker(workdir: Path, cache: Path, *args: str) -> subprocess.Popen:
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3",
-           "JAX_COMPILATION_CACHE_DIR": str(cache), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
-    return subprocess.Popen([sys.executable, str(WORKER), str(workdir), *args], env=env, cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "PYTHONPATH": str(REPO),
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "JAX_COMPILATION_CACHE_DIR": str(cache),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    }
+    return subprocess.Popen(
+        [sys.executable, str(WORKER), str(workdir), *args],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _finish(proc: subprocess.Popen, timeout: float = 120) -> tuple[int, str, str]:
@@ -123,8 +135,9 @@ def _run(workdir, total, **kw):
 
 
 @pytest.mark.parametrize("checkpoint_every,log_every,bad_step,expect_ckpts", [(1, 1, 4, [1, 2, 3]), (2, 5, 3, [2])])
-def test_nonfinite_error_names_step_and_never_checkpoints_it(tmp_path, checkpoint_every, log_every, bad_step,
-                                                             expect_ckpts):
+def test_nonfinite_error_names_step_and_never_checkpoints_it(
+    tmp_path, checkpoint_every, log_every, bad_step, expect_ckpts
+):
     # (2, 5, 3): step 3 is neither logged nor saved, so its flag is read one step late, before step 4 is saved.
     with pytest.raises(NonFiniteLossError, match=rf"step {bad_step}\b") as e:
         _run(tmp_path, 8, poison_steps=(bad_step,), checkpoint_every=checkpoint_every, log_every=log_every)
@@ -200,8 +213,9 @@ def test_mismatched_checkpoint_is_not_treated_as_corrupt(tmp_path):
     _run(tmp_path, 2)
     _, wider, step_fn = build(hidden=16)
     with pytest.raises(CheckpointMismatchError, match=r"params\.l1\.kernel\.value: checkpoint \(4, 8\)"):
-        run_training(wider, step_fn, ArrayIterator(), tmp_path, total_steps=4, on_corrupt="previous",
-                     progress_bar=False)
+        run_training(
+            wider, step_fn, ArrayIterator(), tmp_path, total_steps=4, on_corrupt="previous", progress_bar=False
+        )
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == ["1", "2"]
     assert not (tmp_path / "checkpoints.corrupt").exists()
 
@@ -229,9 +243,17 @@ def test_two_processes_resume_each_with_its_own_data_state(tmp_path):
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         env = {**os.environ, "PYTHONPATH": str(REPO)}
-        procs = [subprocess.Popen([sys.executable, str(mp_worker), str(pid), str(port), str(tmp_path), str(total)],
-                                  env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for pid in (0, 1)]
+        procs = [
+            subprocess.Popen(
+                [sys.executable, str(mp_worker), str(pid), str(port), str(tmp_path), str(total)],
+                env=env,
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for pid in (0, 1)
+        ]
         results = []
         for proc in procs:
             rc, out, err = _finish(proc, timeout=240)

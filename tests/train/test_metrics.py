@@ -51,7 +51,11 @@ def test_writer_on_resume_drops_steps_after_the_resumed_one(tmp_path):
         assert w.dropped == 2
         w.write(4, {"loss": 40.0})
     assert [(r["step"], r["loss"]) for r in read_metrics(tmp_path / "metrics.jsonl")] == [
-        (1, 1.0), (2, 2.0), (3, 3.0), (4, 40.0)]
+        (1, 1.0),
+        (2, 2.0),
+        (3, 3.0),
+        (4, 40.0),
+    ]
 
 
 def test_writer_is_silent_off_the_main_process(tmp_path):
@@ -93,8 +97,19 @@ def test_run_training_logs_every_step_it_should(tmp_path):
         evals.append(step)
         return {"accuracy": 0.1 * step, "eval/loss": 1.0}
 
-    run_training(state, step_fn, ArrayIterator(), tmp_path, total_steps=7, log_every=2, checkpoint_every=3,
-                 eval_every=3, eval_fn=eval_fn, tokens_per_batch=64, progress_bar=False)
+    run_training(
+        state,
+        step_fn,
+        ArrayIterator(),
+        tmp_path,
+        total_steps=7,
+        log_every=2,
+        checkpoint_every=3,
+        eval_every=3,
+        eval_fn=eval_fn,
+        tokens_per_batch=64,
+        progress_bar=False,
+    )
     records = read_metrics(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in records] == [2, 3, 4, 6, 7]  # one line per logged step; 7 is the last
     assert evals == [3, 6, 7]

@@ -14,8 +14,9 @@ from stepjax.train import make_optimizer, make_schedule
 
 def test_warmup_cosine_follows_its_formula():
     lr, warmup, total, floor = 0.1, 10, 110, 0.1
-    sched = make_schedule({"learning_rate": lr, "schedule": "warmup_cosine", "warmup_steps": warmup,
-                           "end_lr_ratio": floor}, total)
+    sched = make_schedule(
+        {"learning_rate": lr, "schedule": "warmup_cosine", "warmup_steps": warmup, "end_lr_ratio": floor}, total
+    )
     for step in (0, 5, 10, 35, 60, 110, 200):
         if step < warmup:
             want = lr * step / warmup

@@ -51,8 +51,13 @@ def _batch(packed: bool, seed: int = 0) -> dict[str, np.ndarray]:
     segments = np.zeros((B, L), np.int32)
     for b in range(B):
         used = int(rng.integers(3, L + 1))
-        cuts = sorted(rng.choice(np.arange(2, used - 1), size=min(int(rng.integers(0, 3)), max(used - 3, 0)),
-                                 replace=False)) if packed and used > 4 else []
+        cuts = (
+            sorted(
+                rng.choice(np.arange(2, used - 1), size=min(int(rng.integers(0, 3)), max(used - 3, 0)), replace=False)
+            )
+            if packed and used > 4
+            else []
+        )
         for seg, (start, stop) in enumerate(zip([0, *cuts], [*cuts, used], strict=True), start=1):
             tokens = rng.integers(1, V, size=stop - start + 1)
             inputs[b, start:stop] = tokens[:-1]
@@ -89,8 +94,7 @@ def _reference_loss(params, graphdef, extra, batch, aggregation):
 def _check_accumulation(model: str, aggregation: str, packed: bool, micro: tuple[int, ...]) -> None:
     graphdef, state, tx = _setup(model)
     batch = _batch(packed)
-    reference = jax.jit(jax.value_and_grad(
-        lambda p: _reference_loss(p, graphdef, state.extra, batch, aggregation)))
+    reference = jax.jit(jax.value_and_grad(lambda p: _reference_loss(p, graphdef, state.extra, batch, aggregation)))
     ref_loss, ref_grads = reference(state.params)
     ref_params = jax.tree.map(lambda p, g: p - g, state.params, ref_grads)
     results = {}
@@ -109,11 +113,14 @@ def _check_accumulation(model: str, aggregation: str, packed: bool, micro: tuple
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize(("aggregation", "packed", "micro"), [
-    ("token_mean", True, (1, 2, 8)),
-    ("sequence_mean", True, (1, 2, 8)),
-    ("sequence_mean", False, (1, 8)),  # unpacked rows: a row is the sequence
-])
+@pytest.mark.parametrize(
+    ("aggregation", "packed", "micro"),
+    [
+        ("token_mean", True, (1, 2, 8)),
+        ("sequence_mean", True, (1, 2, 8)),
+        ("sequence_mean", False, (1, 8)),  # unpacked rows: a row is the sequence
+    ],
+)
 def test_micro_batches_match_full_batch_reference(aggregation, packed, micro):
     _check_accumulation("toy", aggregation, packed, micro)
 
@@ -131,8 +138,11 @@ def test_nonfinite_update_is_withheld():
     new_state, metrics = jax.jit(step)(state, batch)
     assert float(metrics["nonfinite"]) == 1.0 and not np.isfinite(float(metrics["loss"]))
     assert int(new_state.step) == 1
-    for a, b in zip(jax.tree.leaves((new_state.params, new_state.opt_state)),
-                    jax.tree.leaves((state.params, state.opt_state)), strict=True):
+    for a, b in zip(
+        jax.tree.leaves((new_state.params, new_state.opt_state)),
+        jax.tree.leaves((state.params, state.opt_state)),
+        strict=True,
+    ):
         assert np.array_equal(a, b)
 
 

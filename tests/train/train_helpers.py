@@ -71,8 +71,14 @@ SCHEDULE_STEPS = 20  # fixed, so every test shares one compiled step
 @functools.cache
 def _template(seed: int, hidden: int, donate: bool):
     tx, schedule = make_optimizer(
-        {"name": "adamw", "learning_rate": 0.05, "schedule": "warmup_cosine", "warmup_steps": 2,
-         "weight_decay": 0.01, "grad_clip_norm": 1.0},
+        {
+            "name": "adamw",
+            "learning_rate": 0.05,
+            "schedule": "warmup_cosine",
+            "warmup_steps": 2,
+            "weight_decay": 0.01,
+            "grad_clip_norm": 1.0,
+        },
         SCHEDULE_STEPS,
     )
     graphdef, state = create_train_state(lambda r: TinyRegressor(r, hidden), tx, seed=seed)

@@ -59,8 +59,13 @@ class DecoderLM(nnx.Module):
     def __init__(self, cfg: LLMConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
         dtypes = dict(dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype)
-        self.embed = Embed(cfg.vocab_size, cfg.hidden_size, rngs=rngs,
-                           embedding_init=nnx.initializers.normal(cfg.initializer_range), **dtypes)
+        self.embed = Embed(
+            cfg.vocab_size,
+            cfg.hidden_size,
+            rngs=rngs,
+            embedding_init=nnx.initializers.normal(cfg.initializer_range),
+            **dtypes,
+        )
         if cfg.scan_layers:
 
             @nnx.split_rngs(splits=cfg.num_layers)
@@ -72,9 +77,18 @@ class DecoderLM(nnx.Module):
         else:
             self.layers = nnx.List([DecoderLayer(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
         self.final_norm = make_norm(cfg.norm, cfg.hidden_size, rngs=rngs, eps=cfg.norm_eps, **dtypes)
-        self.lm_head = None if cfg.tie_embeddings else linear(
-            cfg.hidden_size, cfg.vocab_size, ("embed", "vocab"), rngs=rngs,
-            kernel_init=nnx.initializers.normal(cfg.initializer_range), **dtypes)
+        self.lm_head = (
+            None
+            if cfg.tie_embeddings
+            else linear(
+                cfg.hidden_size,
+                cfg.vocab_size,
+                ("embed", "vocab"),
+                rngs=rngs,
+                kernel_init=nnx.initializers.normal(cfg.initializer_range),
+                **dtypes,
+            )
+        )
 
     def _layer_fn(self):
         def run(layer: DecoderLayer, x, positions, segment_ids):

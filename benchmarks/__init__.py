@@ -1,0 +1,1 @@
+"""Side-by-side benchmarks (``python -m benchmarks.NAME``); each ends with one ``RESULT <name> <value> <unit>`` line."""
