@@ -43,6 +43,7 @@ test-all: $(VENV)/.test-stamp
 
 bench: $(VENV)/.test-stamp
 	$(PY) -m benchmarks.train_step
+	$(PY) -m benchmarks.decode
 
 lint: $(VENV)/.test-stamp
 	$(PY) -m ruff check .

@@ -38,6 +38,7 @@ def schema() -> ml_collections.ConfigDict:
         min_digits=1,
         max_digits=2,
         wrong_step_fraction=0.0,
+        carry_drop_fraction=0.0,
         num_train=50_000,
         seq_len=96,
         packing=False,
@@ -118,6 +119,7 @@ def _records(config: ml_collections.ConfigDict, split: str, n: int) -> Any:
                 ops=tuple(d.ops),
                 digits=(d.min_digits, d.max_digits),
                 wrong_step_fraction=d.wrong_step_fraction if split == "train" else 0.0,
+                carry_drop_fraction=d.carry_drop_fraction if split == "train" else 0.0,
                 unique=split == "test",
             )
         )
@@ -127,6 +129,19 @@ def _records(config: ml_collections.ConfigDict, split: str, n: int) -> Any:
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> int:
     """Trains, evaluates, plots; returns the process exit status."""
+    from stepjax.train import Preempted
+
+    try:
+        return train(config, workdir)[0]
+    except Preempted:  # SIGTERM: the checkpoint is written, the message printed
+        return 0
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> tuple[int, Any, Any]:
+    """``run`` for composing recipes: ``(exit status, graphdef, final TrainState)`` (state None unless status 0).
+
+    Raises ``stepjax.train.Preempted`` (a ``SystemExit(0)``) after saving when the run is stopped by SIGTERM/SIGINT.
+    """
     import jax
     import numpy as np
 
@@ -250,10 +265,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
         )
     except Preempted as stop:
         print(str(stop))
-        return 0
+        raise
     except NonFiniteLossError as err:
         print(f"error: {err}")
-        return 3
+        return 3, graphdef, None
     if jax.process_index() == 0:
         png = plot_metrics(os.path.join(workdir, "metrics.jsonl"), os.path.join(workdir, "loss_curve.png"))
         final = _last_eval(os.path.join(workdir, "metrics.jsonl"))
@@ -261,7 +276,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
             f"done: step {int(np.asarray(state.step))}, eval/accuracy {final.get('eval/accuracy', float('nan')):.3f} "
             f"(format rate {final.get('eval/format_rate', float('nan')):.3f}); curve {png}; workdir {workdir}"
         )
-    return 0
+    return 0, graphdef, state
 
 
 def _last_eval(jsonl_path: str) -> dict[str, float]:

@@ -13,6 +13,7 @@ from stepjax.data.arithmetic import (
     problem_split,
     to_orz_format,
 )
+from stepjax.data.chat_template import ChatTemplate, ChatTemplateError, load_chat_template
 from stepjax.data.packing import (
     ROW_KEYS,
     Example,
@@ -41,6 +42,8 @@ __all__ = [
     "ROW_KEYS",
     "ArrayRecordSource",
     "ByteTokenizer",
+    "ChatTemplate",
+    "ChatTemplateError",
     "Example",
     "HFTokenizer",
     "InMemorySource",
@@ -59,6 +62,7 @@ __all__ = [
     "format_response",
     "last_boxed",
     "lm_example",
+    "load_chat_template",
     "make_arithmetic_split",
     "make_example_dataset",
     "make_lm_pipeline",

@@ -12,6 +12,10 @@ integer arithmetic can check on its own:
 
 A trace with an error (``wrong_step``) has one step whose result is perturbed; later steps are computed from the
 wrong value (error propagation), so they are locally correct and the final answer is wrong.
+
+A trace with ``drop_carries`` shows a *systematic* habit instead of a random slip: in addition it never writes the
+carry (``4+8=12`` where ``4+8+1=13`` is due), so every problem with a carry comes out wrong the same way. A model
+warm-started on such traces learns the habit; RL with an answer reward has to unlearn it.
 """
 
 from __future__ import annotations
@@ -71,10 +75,11 @@ def _digits(n: int) -> list[int]:
 class _Trace:
     """Collects steps; ``result(value, candidates)`` returns the value a step writes (perturbed at wrong_step)."""
 
-    def __init__(self, wrong_step: int | None, rng: np.random.Generator | None):
+    def __init__(self, wrong_step: int | None, rng: np.random.Generator | None, drop_carries: bool = False):
         self.steps: list[str] = []
         self.correct: list[bool] = []
         self.wrong_step, self.rng = wrong_step, rng
+        self.drop_carries = drop_carries
         self.perturbable: list[int] = []
 
     def result(self, value: int, candidates: Callable[[np.random.Generator], Sequence[int]]) -> int:
@@ -97,6 +102,11 @@ def _add_columns(trace: _Trace, a: int, b: int) -> int:
     for i in range(max(len(da), len(db))):
         x, y = (da[i] if i < len(da) else 0), (db[i] if i < len(db) else 0)
         true = x + y + carry
+        if trace.drop_carries and carry:  # the habit: the carry is forgotten, the rest of the step is right
+            trace.add(f"{x}+{y}={x + y}", False)
+            carry, total = (x + y) // 10, x + y
+            low_digits.append(total % 10)
+            continue
         s = trace.result(true, lambda _: [true + k for k in (-10, -2, -1, 1, 2, 10) if 0 <= true + k <= 19])
         trace.add(f"{x}+{y}{f'+{carry}' if carry else ''}={s}", s == true)
         carry, total = s // 10, s
@@ -142,8 +152,10 @@ def _multiply_partials(trace: _Trace, a: int, b: int) -> int:
     return total
 
 
-def _run_trace(a: int, op: str, b: int, wrong_step: int | None, rng: np.random.Generator | None) -> tuple[_Trace, int]:
-    trace = _Trace(wrong_step, rng)
+def _run_trace(
+    a: int, op: str, b: int, wrong_step: int | None, rng: np.random.Generator | None, drop_carries: bool = False
+) -> tuple[_Trace, int]:
+    trace = _Trace(wrong_step, rng, drop_carries)
     if op == "+":
         value = _add_columns(trace, a, b)
     elif op == "-":
@@ -160,13 +172,20 @@ def _run_trace(a: int, op: str, b: int, wrong_step: int | None, rng: np.random.G
 
 
 def arithmetic_record(
-    a: int, op: str, b: int, *, wrong_step: int | None = None, rng: np.random.Generator | None = None
+    a: int,
+    op: str,
+    b: int,
+    *,
+    wrong_step: int | None = None,
+    rng: np.random.Generator | None = None,
+    drop_carries: bool = False,
 ) -> dict:
     """One problem ``a op b`` (a, b >= 0) with its trace.
 
     Args:
       wrong_step: index into the steps of the step whose result is perturbed (None: a correct trace; -1: a random
         perturbable step). Needs ``rng``.
+      drop_carries: write every addition column without its carry (the systematic error; no effect without one).
     Returns a dict: ``question`` ("47+85"), ``prompt``, ``response``, ``steps`` (list[str]), ``step_correct``
     (list[bool]), ``answer`` (the trace's final answer), ``ground_truth``, ``has_error``.
     """
@@ -175,14 +194,14 @@ def arithmetic_record(
     if wrong_step is not None and rng is None:
         raise ValueError("wrong_step needs an rng")
     if wrong_step is not None and wrong_step < 0:
-        probe, _ = _run_trace(a, op, b, None, None)
+        probe, _ = _run_trace(a, op, b, None, None, drop_carries)
         wrong_step = int(probe.perturbable[int(rng.integers(len(probe.perturbable)))])
-    trace, value = _run_trace(a, op, b, wrong_step, rng)
+    trace, value = _run_trace(a, op, b, wrong_step, rng, drop_carries)
     if wrong_step is not None and wrong_step not in trace.perturbable:
         raise ValueError(f"step {wrong_step} of {a}{op}{b} cannot be perturbed (perturbable: {trace.perturbable})")
     truth = {"+": a + b, "-": a - b, "*": a * b}[op]
     question = f"{a}{op}{b}"
-    if wrong_step is not None and value == truth:  # cannot happen with the candidate sets above; guard anyway
+    if wrong_step is not None and not drop_carries and value == truth:  # cannot happen; guard anyway
         raise AssertionError(f"perturbing step {wrong_step} of {question} left the answer correct")
     return {
         "question": question,
@@ -229,6 +248,7 @@ def make_arithmetic_split(
     ops: Sequence[str] = ("+",),
     digits: int | tuple[int, int] = (1, 2),
     wrong_step_fraction: float = 0.0,
+    carry_drop_fraction: float = 0.0,
     test_fraction: float = 0.1,
     unique: bool = False,
 ) -> list[dict]:
@@ -236,7 +256,8 @@ def make_arithmetic_split(
 
     Problems are drawn uniformly (operand digit count uniform in ``digits``, then the value), and kept only if
     ``problem_split`` puts them in ``name``, so train and test never share a problem. Each record independently
-    gets one wrong step with probability ``wrong_step_fraction``. ``unique=True`` draws without repeats (raises if
+    gets one wrong step with probability ``wrong_step_fraction`` and, independently, the dropped-carry habit with
+    probability ``carry_drop_fraction`` (see the module docstring). ``unique=True`` draws without repeats (raises if
     the split has fewer than ``n`` problems).
     """
     if name not in ("train", "test"):
@@ -244,9 +265,10 @@ def make_arithmetic_split(
     bad_ops = [op for op in ops if op not in OPS]
     if bad_ops or not ops:
         raise ValueError(f"ops={ops!r}: expected a non-empty subset of {OPS}")
-    if not 0.0 <= wrong_step_fraction <= 1.0 or not 0.0 < test_fraction < 1.0:
+    if not 0.0 <= wrong_step_fraction <= 1.0 or not 0.0 <= carry_drop_fraction <= 1.0 or not 0.0 < test_fraction < 1.0:
         raise ValueError(
-            f"wrong_step_fraction={wrong_step_fraction} must be in [0, 1], test_fraction={test_fraction} in (0, 1)"
+            f"wrong_step_fraction={wrong_step_fraction} and carry_drop_fraction={carry_drop_fraction} must be in "
+            f"[0, 1], test_fraction={test_fraction} in (0, 1)"
         )
     lo, hi = _digit_range(digits)
     rng = np.random.default_rng([seed, 0 if name == "train" else 1])
@@ -269,5 +291,7 @@ def make_arithmetic_split(
             seen.add((a, op, b))
         stale = 0
         wrong = -1 if rng.random() < wrong_step_fraction else None
-        records.append(arithmetic_record(a, op, b, wrong_step=wrong, rng=rng))
+        # Drawn only when asked for, so existing (seed, options) splits stay the same.
+        drop = bool(carry_drop_fraction) and rng.random() < carry_drop_fraction
+        records.append(arithmetic_record(a, op, b, wrong_step=wrong, rng=rng, drop_carries=drop))
     return records

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Sequence
-from typing import Protocol, runtime_checkable
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from stepjax.data.chat_template import ChatTemplate
 
 
 @runtime_checkable
@@ -112,12 +115,22 @@ class HFTokenizer:
     a ``tokenizer_config.json`` beside the file (``from_file`` only); well-known spellings among the file's
     special added tokens (``<s>``, ``</s>``, ``<|endoftext|>``, ...). ``bos_id`` may stay None (e.g. Qwen);
     ``pad_id`` falls back to ``eos_id`` and then to 0 (the batch contract marks padding with segment 0 anyway).
+
+    ``chat_template`` (``from_file`` reads it from the folder, see ``stepjax.data.chat_template``) enables
+    ``apply_chat_template``.
     """
 
     def __init__(
-        self, tokenizer, *, bos_token: str | None = None, eos_token: str | None = None, pad_token: str | None = None
+        self,
+        tokenizer,
+        *,
+        bos_token: str | None = None,
+        eos_token: str | None = None,
+        pad_token: str | None = None,
+        chat_template: ChatTemplate | None = None,
     ):
         self._tok = tokenizer
+        self.chat_template = chat_template
         specials = [t.content for t in tokenizer.get_added_tokens_decoder().values() if t.special]
         self._bos_id = self._pick("bos_token", bos_token, specials, _BOS_NAMES)
         self._eos_id = self._pick("eos_token", eos_token, specials, _EOS_NAMES)
@@ -144,8 +157,10 @@ class HFTokenizer:
         eos_token: str | None = None,
         pad_token: str | None = None,
     ) -> HFTokenizer:
-        """Loads ``path`` (a ``tokenizer.json``, or a folder holding one)."""
+        """Loads ``path`` (a ``tokenizer.json``, or a folder holding one), with the folder's chat template if any."""
         from tokenizers import Tokenizer as _HFTokenizer
+
+        from stepjax.data.chat_template import load_chat_template
 
         path = os.fspath(path)
         if os.path.isdir(path):
@@ -163,7 +178,8 @@ class HFTokenizer:
                     from_config = from_config.get("content")
                 if value is None and isinstance(from_config, str):
                     given[key] = from_config
-        return cls(_HFTokenizer.from_file(path), **given)
+        template = load_chat_template(os.path.dirname(path))
+        return cls(_HFTokenizer.from_file(path), **given, chat_template=template)
 
     @property
     def vocab_size(self) -> int:
@@ -189,6 +205,26 @@ class HFTokenizer:
         if stop_at_eos:
             ids = _until_eos(ids, self._eos_id)
         return self._tok.decode(ids, skip_special_tokens=True)
+
+    def apply_chat_template(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        add_generation_prompt: bool = False,
+        tokenize: bool = True,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        **kwargs: Any,
+    ) -> list[int] | str:
+        """The model's prompt for ``messages``, as transformers' ``apply_chat_template`` builds it: token ids
+        (``tokenize=True``; the template writes the special tokens, none are added) or the text.
+
+        ``kwargs`` go to ``ChatTemplate.render`` (``documents``, ``template``, ``continue_final_message``, template
+        variables). Raises ``ValueError`` if the tokenizer has no chat template.
+        """
+        if self.chat_template is None:
+            raise ValueError("HFTokenizer has no chat template (no chat_template.jinja or tokenizer_config.json entry)")
+        text = self.chat_template.render(messages, add_generation_prompt=add_generation_prompt, tools=tools, **kwargs)
+        return self.encode(text) if tokenize else text
 
     def __repr__(self) -> str:
         return f"HFTokenizer(vocab_size={self.vocab_size}, bos={self.bos_id}, eos={self.eos_id}, pad={self.pad_id})"

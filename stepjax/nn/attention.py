@@ -80,6 +80,73 @@ def dot_product_attention(
     return out.reshape(b, t, n, h)
 
 
+def write_cache_rows(cache: jax.Array, new: jax.Array, start: jax.Array) -> jax.Array:
+    """Writes ``new [batch, t, ...]`` into ``cache [batch, max_len, ...]`` at slots ``start[b] .. start[b] + t - 1``.
+
+    The caller keeps ``start + t <= max_len`` (``dynamic_update_slice`` would clamp the start otherwise).
+    """
+    zeros = (0,) * (cache.ndim - 2)
+    return jax.vmap(lambda c, x, s: jax.lax.dynamic_update_slice(c, x.astype(c.dtype), (s, *zeros)))(cache, new, start)
+
+
+def cached_attention(
+    q: jax.Array,
+    k_cache: jax.Array,
+    v_cache: jax.Array,
+    q_positions: jax.Array,
+    lengths: jax.Array,
+    *,
+    slopes: jax.Array | None = None,
+    sqrt_alibi: bool = False,
+    scale: float | None = None,
+) -> jax.Array:
+    """Attention of new queries over a KV cache: the one seam a decode-attention kernel replaces.
+
+    Slot ``j`` of a cache row holds the key at position ``j`` (prompts are right-padded), so key ``j`` is visible to
+    a query at position ``p`` iff ``j <= p`` and ``j < lengths``; ALiBi distances are ``p - j``.
+
+    Args:
+      q: ``[batch, q_len, num_heads, head_dim]`` (already rotated for RoPE).
+      k_cache, v_cache: ``[batch, max_len, num_kv_heads, head_dim]``, already holding the new keys and values.
+      q_positions: ``[batch, q_len]`` int, the position (= cache slot) of each query.
+      lengths: ``[batch]`` int, the number of valid cache slots per row (after writing the new keys).
+      slopes: ALiBi slopes ``[num_heads]`` or None; ``sqrt_alibi`` uses ``sqrt(p - j)`` (Step1).
+    Returns:
+      ``[batch, q_len, num_heads, head_dim]`` in ``q.dtype``.
+    """
+    k_pos = jnp.arange(k_cache.shape[1], dtype=q_positions.dtype)
+    mask = (k_pos[None, None, :] <= q_positions[:, :, None]) & (k_pos[None, None, :] < lengths[:, None, None])
+    bias = None
+    if slopes is not None:
+        k_positions = jnp.broadcast_to(k_pos, (q.shape[0], k_pos.shape[0]))
+        bias = alibi_bias(q_positions, k_positions, slopes, sqrt=sqrt_alibi)
+    if q.shape[1] == 1:
+        return _single_query_attention(q, k_cache, v_cache, mask[:, 0], None if bias is None else bias[:, :, 0], scale)
+    return dot_product_attention(q, k_cache, v_cache, mask=mask, bias=bias, scale=scale)
+
+
+def _single_query_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, bias: jax.Array | None, scale: float | None
+) -> jax.Array:
+    """Decode-step attention (one query per row) as broadcast-multiply-reduce over the cache's own layout.
+
+    Batched GEMMs with a single query row would make XLA transpose each layer's cache to ``[b, kv, len, h]`` on
+    every step; these elementwise products read the cache once, in place. ``mask [b, len]``, ``bias [b, n, len]``.
+    """
+    b, _, n, h = q.shape
+    kv = k.shape[2]
+    g = n // kv
+    scale = h**-0.5 if scale is None else scale
+    qg = q.reshape(b, 1, kv, g, h).astype(jnp.float32) * scale
+    logits = jnp.sum(qg * k[:, :, :, None, :].astype(jnp.float32), axis=-1)  # [b, len, kv, g]
+    if bias is not None:
+        logits = logits + bias.reshape(b, kv, g, -1).transpose(0, 3, 1, 2)
+    logits = jnp.where(mask[:, :, None, None], logits, _MASKED)
+    probs = jax.nn.softmax(logits, axis=1)
+    out = jnp.sum(probs[..., None] * v[:, :, :, None, :].astype(jnp.float32), axis=1)  # [b, kv, g, h]
+    return out.reshape(b, 1, n, h).astype(q.dtype)
+
+
 # Without a bias, attention runs as plain batched GEMMs over [batch, kv_heads, group * q_len, ...] rows with a
 # hand-written backward pass: autodiff of the einsums above makes XLA CPU transpose [.., q_len, k_len]-sized
 # tensors several times and reduce over k_len in the softmax backward; the rule below uses the usual
@@ -205,19 +272,54 @@ class Attention(nnx.Module):
         )
         self.slopes = tuple(alibi_slopes(num_heads).tolist()) if "alibi" in position else None
 
-    def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array) -> jax.Array:
+    def _qkv(self, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Projected (qk-normed, RoPE-rotated) ``q [b, t, n, h]``, ``k, v [b, t, kv, h]``."""
         q = constrain(self.q_proj(x), ("act_batch", "act_len", "act_heads", None))
         k = constrain(self.k_proj(x), ("act_batch", "act_len", "act_kv_heads", None))
         v = constrain(self.v_proj(x), ("act_batch", "act_len", "act_kv_heads", None))
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        bias = None
         if self.position == "rope":
             q = apply_rope(q, positions, jnp.asarray(self.inv_freq))
             k = apply_rope(k, positions, jnp.asarray(self.inv_freq))
-        elif self.slopes is not None:
+        return q, k, v
+
+    def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array) -> jax.Array:
+        q, k, v = self._qkv(x, positions)
+        bias = None
+        if self.slopes is not None:
             bias = alibi_bias(positions, positions, jnp.asarray(self.slopes), sqrt=self.position == "sqrt_alibi")
         mask = attention_mask(segment_ids, segment_ids)
         out = dot_product_attention(q, k, v, mask=mask, bias=bias)
         out = constrain(out, ("act_batch", "act_len", "act_heads", None))
         return self.o_proj(out)
+
+    def extend(
+        self, x: jax.Array, positions: jax.Array, k_cache: jax.Array, v_cache: jax.Array, lengths: jax.Array
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Cached attention for new tokens ``x [batch, t, embed]`` at consecutive ``positions [batch, t]``.
+
+        Writes their keys/values into ``k_cache, v_cache [batch, max_len, kv_heads, head_dim]`` at slots
+        ``positions[:, 0] ...`` and attends over the cache (``cached_attention``; ``lengths [batch]`` = valid slots
+        after the write). Returns ``(out [batch, t, embed], k_cache, v_cache)``.
+        """
+        q, k, v = self._qkv(x, positions)
+        k_cache = write_cache_rows(k_cache, k, positions[:, 0])
+        v_cache = write_cache_rows(v_cache, v, positions[:, 0])
+        slopes = None if self.slopes is None else jnp.asarray(self.slopes)
+        out = cached_attention(
+            q, k_cache, v_cache, positions, lengths, slopes=slopes, sqrt_alibi=self.position == "sqrt_alibi"
+        )
+        out = constrain(out, ("act_batch", "act_len", "act_heads", None))
+        return self._project_out(out), k_cache, v_cache
+
+    def _project_out(self, out: jax.Array) -> jax.Array:
+        """``o_proj`` as one ``[b, t, n*h] x [n*h, d]`` contraction. ``jnp.einsum`` orders contracted letters
+        alphabetically, so ``btnh,nhd->btd`` contracts ``(h, n)`` and XLA transposes the kernel on every call -- per
+        decode step, a full copy of each layer's output projection. Same parameters, same maths."""
+        b, t, n, h = out.shape
+        kernel = self.o_proj.kernel[...].astype(self.dtype).reshape(n * h, -1)
+        y = jnp.einsum("btk,kd->btd", out.reshape(b, t, n * h).astype(self.dtype), kernel)
+        if self.o_proj.bias is not None:
+            y = y + self.o_proj.bias[...].astype(self.dtype)
+        return y

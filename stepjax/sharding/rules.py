@@ -33,6 +33,9 @@ DEFAULT_RULES: Rules = (
     ("norm", None),
     ("layers", None),
     ("expert", "expert"),
+    # KV cache [batch, cache_len, kv_heads, head_dim] (stepjax.models.llm.cache): rows follow act_batch, heads follow
+    # act_kv_heads; the length axis stays whole (a sequence-sharded cache needs a ring/flash decode kernel).
+    ("cache_len", None),
 )
 
 

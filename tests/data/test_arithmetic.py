@@ -234,3 +234,24 @@ def test_to_orz_format_gives_one_transcript():
     assert orz["prompt"] + orz["response"] == orz_prompt("47+85", bos="<s>") + record["response"][len("<think>") :]
     assert orz["response"].endswith("</think><answer>\\boxed{132}</answer>")
     assert orz["steps"] == record["steps"] and orz["ground_truth"] == "132"
+
+
+def test_dropped_carry_habit_is_systematic():
+    r = arithmetic_record(47, "+", 85, drop_carries=True)
+    # Units 7+5=12 is right; the tens column forgets its carry: 4+8=12 instead of 4+8+1=13 -> 122, not 132.
+    assert r["steps"] == ["7+5=12", "4+8=12"]
+    assert r["step_correct"] == [True, False] and r["answer"] == "122" and r["has_error"]
+    assert arithmetic_record(23, "+", 14, drop_carries=True)["answer"] == "37"  # no carry: no effect
+    records = make_arithmetic_split("train", 400, seed=4, digits=2, carry_drop_fraction=1.0)
+    for rec in records:
+        a, _, b = parse(rec["question"])
+        (ta, ua), (tb, ub) = divmod(a, 10), divmod(b, 10)
+        # The tens column never adds the units' carry: tens sum in full, then the units digit.
+        carry_free = int(f"{ta + tb}{(ua + ub) % 10}")
+        assert int(rec["answer"]) == carry_free
+        assert rec["has_error"] == (ua + ub >= 10)
+    half = make_arithmetic_split("train", 600, seed=4, digits=2, carry_drop_fraction=0.5)
+    carried = [r for r in half if any(not ok for ok in r["step_correct"]) or r["has_error"]]
+    assert 0.15 < len(carried) / len(half) < 0.45  # half of the 45% of problems with a units carry
+    plain = make_arithmetic_split("train", 50, seed=4, digits=2)
+    assert plain == make_arithmetic_split("train", 50, seed=4, digits=2, carry_drop_fraction=0.0)

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from stepjax.models.llm.cache import KVCache, constrain_cache, init_cache
 from stepjax.models.llm.config import LLMConfig
 from stepjax.nn import MLP, Attention, Embed, linear, make_norm
 from stepjax.sharding import constrain
@@ -47,6 +48,15 @@ class DecoderLayer(nnx.Module):
         x = x + self.attn(self.input_norm(x), positions, segment_ids)
         x = x + self.mlp(self.post_attn_norm(x))
         return constrain(x, _ACT)
+
+    def extend(
+        self, x: jax.Array, positions: jax.Array, k_cache: jax.Array, v_cache: jax.Array, lengths: jax.Array
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """The layer on new tokens with a KV cache (see ``Attention.extend``): ``(x, k_cache, v_cache)``."""
+        out, k_cache, v_cache = self.attn.extend(self.input_norm(x), positions, k_cache, v_cache, lengths)
+        x = x + out
+        x = x + self.mlp(self.post_attn_norm(x))
+        return constrain(x, _ACT), k_cache, v_cache
 
 
 class DecoderLM(nnx.Module):
@@ -136,3 +146,72 @@ class DecoderLM(nnx.Module):
     ) -> jax.Array:
         """Logits ``[batch, len, vocab]`` (float32) for ``tokens [batch, len]``."""
         return self.logits(self.hidden_states(tokens, positions, segment_ids))
+
+    # ------------------------------------------------------------------------------------------ KV-cache path
+
+    def init_cache(self, batch: int, max_len: int, dtype: jnp.dtype | None = None) -> KVCache:
+        """An empty ``KVCache`` for ``batch`` rows of up to ``max_len`` tokens (prompt + generated), in ``dtype``
+        (default: the compute dtype); stacked on a ``layers`` axis when ``cfg.scan_layers``."""
+        cfg = self.cfg
+        return init_cache(
+            cfg.num_layers,
+            batch,
+            max_len,
+            cfg.num_kv_heads,
+            cfg.head_dim,
+            stacked=cfg.scan_layers,
+            dtype=cfg.compute_dtype if dtype is None else dtype,
+        )
+
+    def extend(self, tokens: jax.Array, cache: KVCache, num_new: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
+        """Runs ``tokens [batch, t]`` at positions ``cache.lengths + arange(t)`` against the cache.
+
+        Their keys/values are written at those slots; ``num_new [batch]`` (default ``t``) says how many of the ``t``
+        tokens of each row are real (right padding beyond is written but stays outside ``lengths``, to be
+        overwritten later). Returns ``(final-normed hidden [batch, t, hidden], cache)`` with ``lengths`` advanced by
+        ``num_new``. Prefill is ``extend`` on an empty cache; a decode step is ``extend`` with ``t = 1``.
+        """
+        t = tokens.shape[1]
+        start = cache.lengths
+        positions = start[:, None] + jnp.arange(t, dtype=start.dtype)[None, :]
+        lengths = start + (t if num_new is None else num_new.astype(start.dtype))
+        x = constrain(self.embed(tokens), _ACT)
+        if self.cfg.scan_layers:
+            # The stacked cache rides in the carry and each layer updates its slice in place (as scan outputs,
+            # the whole cache would be copied into a fresh buffer every step).
+            @nnx.scan(in_axes=(0, 0, nnx.Carry), out_axes=nnx.Carry)
+            def body(layer: DecoderLayer, index: jax.Array, carry):
+                x, k_all, v_all = carry
+                x, k, v = layer.extend(x, positions, k_all[index], v_all[index], lengths)
+                k_all = jax.lax.dynamic_update_index_in_dim(k_all, k, index, 0)
+                v_all = jax.lax.dynamic_update_index_in_dim(v_all, v, index, 0)
+                return x, k_all, v_all
+
+            x, k, v = body(self.layers, jnp.arange(self.cfg.num_layers), (x, cache.k, cache.v))
+        else:
+            ks, vs = [], []
+            for layer, k_layer, v_layer in zip(self.layers, cache.k, cache.v, strict=True):
+                x, k_layer, v_layer = layer.extend(x, positions, k_layer, v_layer, lengths)
+                ks.append(k_layer)
+                vs.append(v_layer)
+            k, v = tuple(ks), tuple(vs)
+        return self.final_norm(x), constrain_cache(KVCache(k=k, v=v, lengths=lengths))
+
+    def prefill(self, tokens: jax.Array, lengths: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
+        """Right-padded prompts ``tokens [batch, t]`` with ``lengths [batch]`` (>= 1) into an empty ``cache``.
+
+        Returns ``(logits [batch, vocab] float32 at each row's last prompt token, cache)``; the output head runs on
+        those ``batch`` positions only.
+        """
+        hidden, cache = self.extend(tokens, cache, lengths)
+        last = jnp.take_along_axis(hidden, (lengths - 1)[:, None, None].astype(jnp.int32), axis=1)
+        return self.logits(last)[:, 0], cache
+
+    def decode(self, tokens: jax.Array, cache: KVCache, active: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
+        """One decode step: ``tokens [batch]`` go to slot ``cache.lengths``; returns ``(logits [batch, vocab], cache)``.
+
+        Rows with ``active`` False (finished rows) do not advance their length.
+        """
+        num_new = None if active is None else active.astype(jnp.int32)
+        hidden, cache = self.extend(tokens[:, None], cache, num_new)
+        return self.logits(hidden)[:, 0], cache

@@ -34,26 +34,43 @@ Shape = tuple[int, ...]
 
 @dataclasses.dataclass(frozen=True)
 class Transform:
-    """How one tensor changes layout. Each function gets the array and the stepjax (per-layer) shape."""
+    """How one tensor changes layout. Each function gets the array and the stepjax (per-layer) shape.
+
+    ``transposed``: the stepjax array, viewed as ``hf_shape[::-1]``, is the transpose of the Hugging Face array
+    (else it is the Hugging Face array reshaped). Streaming loaders use it to write Hugging Face rows straight
+    into a stepjax-layout buffer: ``dest.reshape(hf_shape[::-1]).T`` is a Hugging Face-shaped view of ``dest``.
+    """
 
     to_stepjax: Callable[[np.ndarray, Shape], np.ndarray]
     to_hf: Callable[[np.ndarray, Shape], np.ndarray]
     hf_shape: Callable[[Shape], Shape]
+    transposed: bool = False
+
+    def hf_view(self, dest: np.ndarray) -> np.ndarray:
+        """A Hugging Face-shaped view of ``dest`` (a contiguous array in the stepjax per-layer layout)."""
+        hf_shape = self.hf_shape(dest.shape)
+        return dest.reshape(hf_shape[::-1]).T if self.transposed else dest.reshape(hf_shape)
 
 
 TRANSFORMS: dict[str, Transform] = {
     "identity": Transform(lambda a, s: a, lambda a, s: a, lambda s: s),
     # Linear [out, in] <-> kernel [in, out].
-    "transpose": Transform(lambda a, s: a.T, lambda a, s: a.T, lambda s: s[::-1]),
+    "transpose": Transform(lambda a, s: a.T, lambda a, s: a.T, lambda s: s[::-1], transposed=True),
     # q/k/v: Linear [N*H, D] <-> kernel [D, N, H] (head n occupies rows n*H .. n*H+H-1).
     "split_heads_in": Transform(
-        lambda a, s: a.T.reshape(s), lambda a, s: a.reshape(s[0], -1).T, lambda s: (s[1] * s[2], s[0])
+        lambda a, s: a.T.reshape(s),
+        lambda a, s: a.reshape(s[0], -1).T,
+        lambda s: (s[1] * s[2], s[0]),
+        transposed=True,
     ),
     # q/k/v bias: [N*H] <-> [N, H].
     "split_heads_bias": Transform(lambda a, s: a.reshape(s), lambda a, s: a.reshape(-1), lambda s: (s[0] * s[1],)),
     # o: Linear [D, N*H] <-> kernel [N, H, D].
     "split_heads_out": Transform(
-        lambda a, s: a.T.reshape(s), lambda a, s: a.reshape(-1, s[-1]).T, lambda s: (s[-1], s[0] * s[1])
+        lambda a, s: a.T.reshape(s),
+        lambda a, s: a.reshape(-1, s[-1]).T,
+        lambda s: (s[-1], s[0] * s[1]),
+        transposed=True,
     ),
 }
 
@@ -134,6 +151,55 @@ def _rows(cfg: LLMConfig, shapes: Mapping[Path, Shape]) -> list[tuple[str, Path,
             "equivalent (mlp_kind must be 'swiglu', norm 'rms')"
         )
     return rows
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorMapping:
+    """One Hugging Face tensor and the stepjax parameter it fills.
+
+    ``path`` is the per-layer stepjax path (``("layers", 3, "attn", "q_proj", "kernel")``) and ``shape`` its
+    per-layer shape; ``layer`` is the layer index (None outside the layer stack). With ``cfg.scan_layers`` the
+    parameter lives at ``model_path(True)`` (``("layers", "attn", ...)``), stacked on a leading layer axis, and this
+    tensor fills row ``layer`` of it.
+    """
+
+    hf_name: str
+    path: Path
+    shape: Shape
+    transform: Transform
+    layer: int | None
+
+    @property
+    def hf_shape(self) -> Shape:
+        return self.transform.hf_shape(self.shape)
+
+    def model_path(self, scan_layers: bool) -> Path:
+        if scan_layers and self.layer is not None:
+            return ("layers", *self.path[2:])
+        return self.path
+
+
+def tensor_mappings(cfg: LLMConfig) -> list[TensorMapping]:
+    """Every Hugging Face tensor a checkpoint for ``cfg`` holds, in key-table order, without touching any array.
+
+    Loaders and exporters iterate over it to move one tensor at a time (``stepjax.interop``). With tied embeddings
+    ``lm_head.weight`` is not listed (see ``TIED_HEAD``). Raises ``ValueError`` naming parameters of ``cfg`` that
+    have no Hugging Face name.
+    """
+    shapes = _layer_param_shapes(cfg)
+    return [
+        TensorMapping(hf_name, path, shapes[path], transform, path[1] if path[0] == "layers" else None)
+        for hf_name, path, transform in _rows(cfg, shapes)
+    ]
+
+
+#: Name of the output head; a tied checkpoint may still list it (equal to ``TIED_SOURCE``).
+TIED_HEAD, TIED_SOURCE = "lm_head.weight", "model.embed_tokens.weight"
+
+
+def is_ignored_tensor(hf_name: str) -> bool:
+    """Hugging Face tensors that carry no parameter (e.g. the RoPE ``inv_freq`` buffer of old checkpoints)."""
+    return bool(_IGNORED.match(hf_name))
 
 
 def _stack_layers(flat: dict[Path, Any], num_layers: int, stack: Callable[[list], Any]) -> dict[Path, Any]:
@@ -263,6 +329,10 @@ FAMILIES: dict[str, dict[str, Any]] = {
     "qwen3": dict(qkv_bias=False, qk_norm=True),
 }
 _REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+#: ``architectures`` entry of each family's causal-LM class.
+ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+#: Fields that change the weights or the maths in ways stepjax does not model; a truthy value is an error.
+_UNSUPPORTED = ("quantization_config", "num_experts")
 
 
 def _rope_from_hf(hf_config: Mapping[str, Any]) -> tuple[float, dict[str, Any] | None]:
@@ -290,6 +360,16 @@ def config_from_hf(hf_config: Mapping[str, Any], **overrides: Any) -> LLMConfig:
     model_type = hf_config.get("model_type")
     if model_type not in FAMILIES:
         raise ValueError(f"config 'model_type' {model_type!r} is not supported; expected one of {sorted(FAMILIES)}")
+    architectures = hf_config.get("architectures") or []
+    unknown = [a for a in architectures if a != ARCHITECTURES[model_type]]
+    if unknown:
+        raise ValueError(
+            f"config 'architectures' {unknown} is not supported for model_type {model_type!r}; "
+            f"expected [{ARCHITECTURES[model_type]!r}] (a decoder LM with its output head)"
+        )
+    for field in _UNSUPPORTED:
+        if hf_config.get(field):
+            raise ValueError(f"config {field!r} is not supported (got {hf_config[field]!r})")
     missing = [k for k in _REQUIRED if hf_config.get(k) is None]
     if missing:
         raise ValueError(f"config is missing {missing}")
@@ -321,3 +401,80 @@ def config_from_hf(hf_config: Mapping[str, Any], **overrides: Any) -> LLMConfig:
         **FAMILIES[model_type],
     )
     return LLMConfig(**{**fields, **overrides})
+
+
+def _family_of(cfg: LLMConfig) -> str:
+    """The Hugging Face ``model_type`` whose weights and maths equal ``cfg``'s; ``ValueError`` naming the field."""
+    fixed = {"position": "rope", "norm": "rms", "mlp_kind": "swiglu"}
+    for field, want in fixed.items():
+        if getattr(cfg, field) != want:
+            raise ValueError(
+                f"LLMConfig.{field}={getattr(cfg, field)!r} has no Hugging Face Llama-family equivalent "
+                f"(needs {want!r})"
+            )
+    if cfg.qkv_bias and cfg.qk_norm:
+        raise ValueError("LLMConfig.qkv_bias and LLMConfig.qk_norm together have no Hugging Face equivalent")
+    return "qwen2" if cfg.qkv_bias else "qwen3" if cfg.qk_norm else "llama"
+
+
+#: Fields ``config_to_hf`` recomputes; stale copies in ``extra`` (older spellings) are dropped.
+_RECOMPUTED = ("rope_theta", "rope_scaling", "rope_parameters", "torch_dtype", "dtype", "transformers_version")
+
+
+def config_to_hf(cfg: LLMConfig, extra: Mapping[str, Any] | None = None, *, dtype: str | None = None) -> dict:
+    """A transformers-loadable ``config.json`` dict for ``cfg`` (inverse of ``config_from_hf``).
+
+    Args:
+      cfg: the model config; its family follows from the flags (``qkv_bias`` -> qwen2, ``qk_norm`` -> qwen3,
+        else llama).
+      extra: fields to keep that stepjax does not model (``bos_token_id``, ``eos_token_id``, ...), e.g. the
+        original ``config.json``; every field stepjax knows is recomputed from ``cfg``.
+      dtype: the stored weights' dtype name (``"bfloat16"``); default ``cfg.param_dtype``.
+    Raises:
+      ValueError: naming the ``LLMConfig`` field that has no Hugging Face equivalent.
+    """
+    model_type = _family_of(cfg)
+    dtype = dtype or cfg.param_dtype
+    rope = {"rope_type": "default", "rope_theta": float(cfg.rope_theta)}
+    if cfg.rope_scaling:
+        scaling = dict(cfg.rope_scaling)
+        kind = scaling.pop("rope_type", scaling.pop("type", "default"))
+        rope = {"rope_type": kind, **scaling, "rope_theta": float(cfg.rope_theta)}
+    out = {k: v for k, v in (extra or {}).items() if k not in _RECOMPUTED}
+    if extra and extra.get("model_type") not in (None, model_type):
+        out = {k: v for k, v in out.items() if k not in ("layer_types", "max_window_layers", "sliding_window")}
+    out |= dict(
+        architectures=[ARCHITECTURES[model_type]],
+        model_type=model_type,
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.mlp_dim,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_kv_heads,
+        head_dim=cfg.head_dim,
+        hidden_act="silu",
+        max_position_embeddings=cfg.max_seq_len,
+        initializer_range=cfg.initializer_range,
+        rms_norm_eps=cfg.norm_eps,
+        tie_word_embeddings=cfg.tie_embeddings,
+        attention_dropout=0.0,
+        use_cache=True,
+        rope_parameters=rope,
+        # Older readers (transformers 4, most serving stacks) read these spellings.
+        rope_theta=float(cfg.rope_theta),
+        dtype=dtype,
+        torch_dtype=dtype,
+    )
+    if cfg.rope_scaling:
+        out["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
+    if model_type == "llama":
+        out |= dict(attention_bias=False, mlp_bias=False, pretraining_tp=1)
+    else:
+        out |= dict(use_sliding_window=False, sliding_window=None, max_window_layers=cfg.num_layers)
+        out["layer_types"] = ["full_attention"] * cfg.num_layers
+    if model_type == "qwen3":
+        out["attention_bias"] = False
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        out.setdefault(key, None)
+    return dict(sorted(out.items()))

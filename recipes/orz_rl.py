@@ -1,0 +1,358 @@
+"""Recipe ``orz_rl``: Open-Reasoner-Zero-style RL on the arithmetic task — an SFT warm start, then PPO or GRPO.
+
+Stage 1 (``warm_start``) is the ``lm_sft`` recipe on noisy traces (``data.wrong_step_fraction`` random slips and
+``data.carry_drop_fraction`` of traces with a systematic dropped-carry habit), in ``<workdir>/warm_start``.
+Stage 2 (``rl``) starts the policy (and, for PPO, the critic's trunk, as ORZ does) from those weights and runs
+``stepjax.rl.make_rl_step`` under ``stepjax.train.run_training`` in ``<workdir>/rl``: rollouts of
+``prompts_per_iteration x samples_per_prompt`` completions, ORZ's rule reward, advantages, updates. Both stages
+checkpoint and resume (a rerun with the same workdir continues where it stopped).
+
+Held-out score ``eval/accuracy``: the mean ORZ reward of one temperature-1 sample per held-out prompt (what RL
+optimises); ``eval/greedy_accuracy`` and ``eval/format_rate`` beside it. Curves: ``<workdir>/rl_curve.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import ml_collections
+
+from recipes import lm_sft
+from stepjax.train import config_check as cc
+from stepjax.train import defaults
+
+
+def schema() -> ml_collections.ConfigDict:
+    """Every key this recipe understands, with its default."""
+    base = lm_sft.schema()
+    config = ml_collections.ConfigDict()
+    config.recipe = "orz_rl"
+    config.seed = 0
+    config.model = base.model
+    config.tokenizer = base.tokenizer
+    config.data = base.data
+    config.data.update(wrong_step_fraction=0.3, carry_drop_fraction=0.8)
+    config.warm_start = dict(
+        steps=300,  # SFT steps before RL
+        batch_size=64,
+        learning_rate=3e-3,
+        warmup_steps=30,
+        eval_examples=200,
+    )
+    config.rl = dict(
+        algorithm="ppo",
+        iterations=300,
+        prompts_per_iteration=32,
+        samples_per_prompt=8,
+        max_new_tokens=64,
+        temperature=1.0,
+        prompt_width=16,
+        reward_fns=["orz_math"],
+        gamma=1.0,
+        lam=1.0,
+        whiten_advantages=True,
+        clip_eps=0.2,
+        clip_eps_high=0.0,  # 0: same as clip_eps
+        value_clip=0.2,  # 0: unclipped value loss
+        policy_epochs=1,
+        policy_minibatches=1,
+        critic_epochs=1,
+        critic_minibatches=4,
+        aggregation="token_mean",
+        group_scale="group",
+        policy_learning_rate=1e-3,
+        critic_learning_rate=5e-3,
+        warmup_steps=10,
+        grad_clip_norm=1.0,
+    )
+    config.eval = dict(num_examples=200, every=50)
+    config.train = dict(log_every=10, nonfinite="error")
+    config.checkpoint = defaults.checkpoint_section()
+    config.checkpoint.every = 50
+    config.mesh = defaults.mesh_section()
+    config.sharding = defaults.sharding_section()
+    config.distributed = defaults.distributed_section()
+    return config
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Checks keys, types, choices and cross-field constraints; raises ``ConfigError`` naming the key."""
+    cc.check_against_schema(
+        config, schema(), open_sections=("config.model.rope_scaling", "config.mesh.shape", "config.sharding.rules")
+    )
+    cc.check_choice(config, "config.rl.algorithm", ("ppo", "grpo"))
+    cc.check_choice(config, "config.rl.group_scale", ("group", "batch", "none"))
+    cc.check_choice(config, "config.train.nonfinite", ("error", "skip"))
+    cc.check_positive(
+        config,
+        "config.rl.iterations",
+        "config.rl.prompts_per_iteration",
+        "config.rl.samples_per_prompt",
+        "config.rl.max_new_tokens",
+        "config.rl.prompt_width",
+        "config.rl.policy_learning_rate",
+        "config.eval.num_examples",
+    )
+    rows = config.rl.prompts_per_iteration * config.rl.samples_per_prompt
+    for key in ("policy_minibatches", "critic_minibatches"):
+        if rows % config.rl[key]:
+            raise cc.ConfigError(
+                f"'config.rl.{key}' ({config.rl[key]}) must divide the rollout's {rows} rows "
+                "(prompts_per_iteration x samples_per_prompt)"
+            )
+    if config.rl.prompt_width + config.rl.max_new_tokens > config.model.max_seq_len:
+        raise cc.ConfigError(
+            f"'config.rl.prompt_width' + 'config.rl.max_new_tokens' ({config.rl.prompt_width} + "
+            f"{config.rl.max_new_tokens}) exceeds 'config.model.max_seq_len' ({config.model.max_seq_len})"
+        )
+    from stepjax.rl import REWARDS
+
+    for name in config.rl.reward_fns:
+        if name not in REWARDS.names():
+            raise cc.ConfigError(f"'config.rl.reward_fns': unknown reward {name!r}; known: {REWARDS.names()}")
+    lm_sft.validate(_warm_start_config(config))
+
+
+def _warm_start_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The ``lm_sft`` config of stage 1."""
+    sft = lm_sft.schema()
+    sft.seed = config.seed
+    sft.model = config.model
+    sft.tokenizer = config.tokenizer
+    sft.data = config.data
+    w = config.warm_start
+    sft.train.update(total_steps=max(w.steps, 1), batch_size=w.batch_size, log_every=config.train.log_every)
+    sft.optimizer.update(learning_rate=w.learning_rate, warmup_steps=w.warmup_steps)
+    sft.eval.update(num_examples=w.eval_examples, max_new_tokens=config.rl.max_new_tokens)
+    sft.checkpoint = config.checkpoint
+    sft.checkpoint.every = max(w.steps, 1)
+    sft.mesh, sft.sharding, sft.distributed = config.mesh, config.sharding, config.distributed
+    return sft
+
+
+def _rl_config(config: ml_collections.ConfigDict):
+    from stepjax.rl.trainer import RLConfig
+
+    r = config.rl
+    return RLConfig(
+        algorithm=r.algorithm,
+        prompt_width=r.prompt_width,
+        reward_fns=tuple(r.reward_fns),
+        gamma=r.gamma,
+        lam=r.lam,
+        whiten_advantages=r.whiten_advantages,
+        clip_eps=r.clip_eps,
+        clip_eps_high=r.clip_eps_high or None,
+        value_clip=r.value_clip or None,
+        policy_epochs=r.policy_epochs,
+        policy_minibatches=r.policy_minibatches,
+        critic_epochs=r.critic_epochs,
+        critic_minibatches=r.critic_minibatches,
+        aggregation=r.aggregation,
+        group_scale=r.group_scale,
+    )
+
+
+def _optimizer(learning_rate: float, config: ml_collections.ConfigDict, total: int):
+    from stepjax.train import make_optimizer
+
+    return make_optimizer(
+        dict(
+            name="adamw",
+            learning_rate=learning_rate,
+            schedule="warmup_constant",
+            warmup_steps=config.rl.warmup_steps,
+            b1=0.9,
+            b2=0.95,  # ORZ
+            weight_decay=0.0,
+            grad_clip_norm=config.rl.grad_clip_norm,
+        ),
+        total,
+    )
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> int:
+    """Warm start, RL, plots; returns the process exit status."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from stepjax.models.llm import DecoderLM
+    from stepjax.rl.rollout import PromptIterator
+    from stepjax.rl.trainer import RLState, make_rl_step
+    from stepjax.rl.value_head import ValueModel
+    from stepjax.sampling import SamplingConfig
+    from stepjax.sharding import make_mesh, normalize_rules
+    from stepjax.train import NonFiniteLossError, Preempted, create_train_state, plot_metrics, run_training
+
+    try:
+        status, _, sft_state = lm_sft.train(_warm_start_config(config), os.path.join(workdir, "warm_start"))
+    except Preempted:
+        return 0
+    if status:
+        return status
+    tokenizer = lm_sft._tokenizer(config)
+    model_cfg = lm_sft.model_config(config, tokenizer.vocab_size)
+    mesh = make_mesh(config.mesh.shape.to_dict())
+    rules = normalize_rules(config.sharding.rules)
+    r = config.rl
+
+    policy_tx, policy_schedule = _optimizer(r.policy_learning_rate, config, r.iterations)
+    policy_graphdef, policy = create_train_state(
+        lambda rngs: DecoderLM(model_cfg, rngs=rngs), policy_tx, seed=config.seed, mesh=mesh, rules=rules
+    )
+    policy = policy.replace(params=sft_state.params, opt_state=policy_tx.init(sft_state.params))
+    critic_graphdef = critic_tx = None
+    critic: Any = jnp.zeros((), jnp.int32)
+    if r.algorithm == "ppo":
+        critic_tx, _ = _optimizer(r.critic_learning_rate, config, r.iterations)
+        critic_graphdef, critic = create_train_state(
+            lambda rngs: ValueModel(DecoderLM(model_cfg, rngs=rngs), rngs=rngs),
+            critic_tx,
+            seed=config.seed + 1,
+            mesh=mesh,
+            rules=rules,
+        )
+        params = critic.params
+        params["trunk"] = jax.tree.map(jnp.copy, sft_state.params)  # ORZ: the critic starts from the policy's base
+        critic = critic.replace(params=params, opt_state=critic_tx.init(params))
+    state = RLState(
+        step=jnp.zeros((), jnp.int32),
+        policy=policy,
+        critic=critic,
+        rng=jax.random.key_data(jax.random.key(config.seed + 2)),
+    )
+
+    sampling = SamplingConfig(
+        max_new_tokens=r.max_new_tokens,
+        temperature=r.temperature,
+        num_samples=r.samples_per_prompt,
+        stop_tokens=(tokenizer.eos_id,),
+        pad_id=tokenizer.pad_id,
+    )
+    rl_step = make_rl_step(
+        _rl_config(config),
+        sampling,
+        tokenizer,
+        policy_graphdef,
+        policy_tx,
+        critic_graphdef=critic_graphdef,
+        critic_tx=critic_tx,
+        policy_schedule=policy_schedule,
+    )
+    train_records = list(lm_sft._records(config, "train", config.data.num_train))
+    eval_source = lm_sft._records(config, "test", config.eval.num_examples)
+    eval_records = [eval_source[i] for i in range(min(len(eval_source), config.eval.num_examples))]
+    prompts = PromptIterator(train_records, r.prompts_per_iteration, seed=config.seed)
+    eval_fn = _make_eval(policy_graphdef, tokenizer, eval_records, r, sampling)
+    print(
+        f"orz_rl: {r.algorithm} for {r.iterations} iterations of {r.prompts_per_iteration} prompts x "
+        f"{r.samples_per_prompt} samples; held-out {len(eval_records)} prompts; workdir {workdir}"
+    )
+    rl_dir = os.path.join(workdir, "rl")
+    ckpt_dir = os.path.join(rl_dir, "checkpoints")
+    if jax.process_index() == 0 and not (os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir)):
+        # A fresh RL stage: score the warm-started policy first, so the curve starts at iteration 0.
+        from stepjax.train.metrics import MetricWriter
+
+        writer = MetricWriter(rl_dir, tensorboard=False, resume_step=0)
+        writer.write(0, {f"eval/{k}": v for k, v in eval_fn(state, 0).items()})
+        writer.close()
+    try:
+        state = run_training(
+            state,
+            rl_step,
+            prompts,
+            rl_dir,
+            total_steps=r.iterations,
+            log_every=config.train.log_every,
+            checkpoint_every=config.checkpoint.every,
+            keep_checkpoints=config.checkpoint.keep,
+            eval_every=config.eval.every,
+            eval_fn=eval_fn,
+            nonfinite=config.train.nonfinite,
+            on_corrupt=config.checkpoint.on_corrupt,
+            async_checkpoints=config.checkpoint.async_save,
+            config_snapshot=config.to_dict(),
+            resume="auto" if config.checkpoint.resume else "never",
+        )
+    except Preempted as stop:
+        print(str(stop))
+        return 0
+    except NonFiniteLossError as err:
+        print(f"error: {err}")
+        return 3
+    if jax.process_index() == 0:
+        metrics_path = os.path.join(rl_dir, "metrics.jsonl")
+        png = plot_metrics(
+            metrics_path,
+            os.path.join(workdir, "rl_curve.png"),
+            keys=("reward/mean",),
+            eval_keys=("eval/accuracy", "eval/greedy_accuracy"),
+            title=f"orz_rl ({r.algorithm}): reward and held-out accuracy",
+            log_scale=False,
+        )
+        before = lm_sft._last_eval(os.path.join(workdir, "warm_start", "metrics.jsonl"))
+        evals = _eval_rows(metrics_path)
+        first, last = evals[0] if evals else {}, evals[-1] if evals else {}
+        summary = {
+            "warm_start/greedy_accuracy": before.get("eval/accuracy"),
+            "rl/first_eval": first,
+            "rl/final_eval": last,
+        }
+        with open(os.path.join(workdir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=1)
+        print(
+            f"done: iteration {int(np.asarray(state.step))}; held-out accuracy (T=1) "
+            f"{first.get('eval/accuracy', float('nan')):.3f} -> {last.get('eval/accuracy', float('nan')):.3f}, "
+            f"greedy {first.get('eval/greedy_accuracy', float('nan')):.3f} -> "
+            f"{last.get('eval/greedy_accuracy', float('nan')):.3f}, format rate "
+            f"{last.get('eval/format_rate', float('nan')):.3f}; curve {png}; workdir {workdir}"
+        )
+    return 0
+
+
+def _make_eval(graphdef, tokenizer, records: list[dict], r, sampling) -> Any:
+    """``eval_fn(state, step)``: one temperature-``r.temperature`` sample and one greedy completion per prompt."""
+    import jax
+    import numpy as np
+
+    from stepjax.rl.rollout import collect_rollout
+
+    def eval_fn(state, step: int) -> dict[str, float]:
+        params = (state.policy.params, state.policy.extra)
+        key = jax.random.fold_in(jax.random.key(1234), step)
+        out: dict[str, float] = {}
+        for name, cfg in (
+            ("", sampling.replace(num_samples=1)),
+            ("greedy_", sampling.replace(num_samples=1, greedy=True)),
+        ):
+            rollout = collect_rollout(
+                graphdef,
+                params,
+                records,
+                tokenizer,
+                cfg,
+                key,
+                prompt_width=r.prompt_width,
+                reward_fns=("orz_math", "answer_format"),
+            )
+            per = rollout.scored.per_function
+            out[f"{name}accuracy"] = float(np.mean(per["orz_math"]))
+            out[f"{name}format_rate"] = float(np.mean(per["answer_format"]))
+        print(f"iteration {step}: held-out accuracy {out['accuracy']:.3f} (greedy {out['greedy_accuracy']:.3f})")
+        return out
+
+    return eval_fn
+
+
+def _eval_rows(jsonl_path: str) -> list[dict[str, float]]:
+    rows = []
+    with open(jsonl_path) as f:
+        for line in f:
+            row = json.loads(line)
+            if "eval/accuracy" in row:
+                rows.append(row)
+    return rows
