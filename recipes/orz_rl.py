@@ -35,7 +35,7 @@ def schema() -> ml_collections.ConfigDict:
     config.data = base.data
     config.data.update(wrong_step_fraction=0.3, carry_drop_fraction=0.8)
     config.warm_start = dict(
-        steps=300,  # SFT steps before RL
+        steps=500,  # SFT steps before RL
         batch_size=64,
         learning_rate=3e-3,
         warmup_steps=30,
@@ -57,13 +57,13 @@ def schema() -> ml_collections.ConfigDict:
         clip_eps_high=0.0,  # 0: same as clip_eps
         value_clip=0.2,  # 0: unclipped value loss
         policy_epochs=1,
-        policy_minibatches=1,
+        policy_minibatches=4,
         critic_epochs=1,
         critic_minibatches=4,
         aggregation="token_mean",
         group_scale="group",
-        policy_learning_rate=1e-3,
-        critic_learning_rate=5e-3,
+        policy_learning_rate=3e-4,
+        critic_learning_rate=2e-3,
         warmup_steps=10,
         grad_clip_norm=1.0,
     )
@@ -246,7 +246,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
     eval_source = lm_sft._records(config, "test", config.eval.num_examples)
     eval_records = [eval_source[i] for i in range(min(len(eval_source), config.eval.num_examples))]
     prompts = PromptIterator(train_records, r.prompts_per_iteration, seed=config.seed)
-    eval_fn = _make_eval(policy_graphdef, tokenizer, eval_records, r, sampling)
+    eval_fn = _make_eval(policy_graphdef, tokenizer, eval_records, r, sampling, os.path.join(workdir, "rl"))
     print(
         f"orz_rl: {r.algorithm} for {r.iterations} iterations of {r.prompts_per_iteration} prompts x "
         f"{r.samples_per_prompt} samples; held-out {len(eval_records)} prompts; workdir {workdir}"
@@ -314,8 +314,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
     return 0
 
 
-def _make_eval(graphdef, tokenizer, records: list[dict], r, sampling) -> Any:
-    """``eval_fn(state, step)``: one temperature-``r.temperature`` sample and one greedy completion per prompt."""
+def _make_eval(graphdef, tokenizer, records: list[dict], r, sampling, out_dir: str) -> Any:
+    """``eval_fn(state, step)``: one temperature-``r.temperature`` sample and one greedy completion per prompt; the
+    completions go to ``out_dir/eval_samples.jsonl`` (one line per prompt and eval) for error analysis."""
     import jax
     import numpy as np
 
@@ -342,6 +343,13 @@ def _make_eval(graphdef, tokenizer, records: list[dict], r, sampling) -> Any:
             per = rollout.scored.per_function
             out[f"{name}accuracy"] = float(np.mean(per["orz_math"]))
             out[f"{name}format_rate"] = float(np.mean(per["answer_format"]))
+            if jax.process_index() == 0:
+                os.makedirs(out_dir, exist_ok=True)
+                with open(os.path.join(out_dir, "eval_samples.jsonl"), "a") as f:
+                    for rec, text, score in zip(records, rollout.completions, per["orz_math"], strict=True):
+                        row = {"step": step, "mode": name.rstrip("_") or "sample", "question": rec.get("question")}
+                        row.update(completion=text, ground_truth=rec.get("ground_truth"), reward=float(score))
+                        f.write(json.dumps(row) + "\n")
         print(f"iteration {step}: held-out accuracy {out['accuracy']:.3f} (greedy {out['greedy_accuracy']:.3f})")
         return out
 

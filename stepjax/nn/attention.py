@@ -1,4 +1,12 @@
-"""Multi-head attention with grouped KV heads (MHA / GQA / MQA), causal + segment masks, RoPE or ALiBi."""
+"""Multi-head attention with grouped KV heads (MHA / GQA / MQA), causal + segment masks, RoPE or ALiBi.
+
+``Attention(impl=...)`` picks how the attention itself runs (``ATTENTION_IMPLS``): ``"xla"`` is this file's
+``dot_product_attention`` / ``cached_attention``; ``"reference"`` and ``"pallas"`` call ``stepjax.kernels``'
+``flash_attention`` (full sequences) and ``decode_attention`` (one new token per row over the KV cache), whose
+Pallas versions go through their ``shard_map`` wrappers when a multi-device mesh is active (``jax.set_mesh``);
+``"auto"`` is ``"pallas"`` on GPU/TPU and ``"xla"`` elsewhere. Prefill over a cache (several new tokens) always
+takes the ``"xla"`` path: the flash kernel's causal mask is aligned to slot 0, not to the cache's fill level.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from stepjax.nn.kernel_dispatch import ATTENTION_IMPLS, kernel_decode_attention, kernel_flash_attention, resolve_impl
 from stepjax.nn.linear import Einsum
 from stepjax.nn.norms import RMSNorm
 from stepjax.nn.positions import alibi_bias, alibi_slopes, apply_rope, rope_inv_freq
@@ -99,6 +108,7 @@ def cached_attention(
     slopes: jax.Array | None = None,
     sqrt_alibi: bool = False,
     scale: float | None = None,
+    impl: str = "xla",
 ) -> jax.Array:
     """Attention of new queries over a KV cache: the one seam a decode-attention kernel replaces.
 
@@ -111,9 +121,20 @@ def cached_attention(
       q_positions: ``[batch, q_len]`` int, the position (= cache slot) of each query.
       lengths: ``[batch]`` int, the number of valid cache slots per row (after writing the new keys).
       slopes: ALiBi slopes ``[num_heads]`` or None; ``sqrt_alibi`` uses ``sqrt(p - j)`` (Step1).
+      impl: ``ATTENTION_IMPLS``; for ``q_len == 1`` the non-``"xla"`` ones run ``stepjax.kernels.decode_attention``,
+        which places the query at position ``lengths - 1``. That is the query's position whenever its own key was
+        counted in ``lengths`` (every row a sampler advances); a row held back (``lengths == p``, a finished row)
+        then sees the same keys with ALiBi measured from ``p - 1``: equal under linear ALiBi (a constant shift),
+        not under ``sqrt_alibi``. Such rows' outputs are discarded by ``stepjax.sampling``.
     Returns:
       ``[batch, q_len, num_heads, head_dim]`` in ``q.dtype``.
     """
+    impl = resolve_impl(impl)
+    if impl != "xla" and q.shape[1] == 1:
+        out = kernel_decode_attention(
+            q[:, 0], k_cache, v_cache, lengths, slopes=slopes, sqrt_alibi=sqrt_alibi, scale=scale, impl=impl
+        )
+        return out[:, None]
     k_pos = jnp.arange(k_cache.shape[1], dtype=q_positions.dtype)
     mask = (k_pos[None, None, :] <= q_positions[:, :, None]) & (k_pos[None, None, :] < lengths[:, None, None])
     bias = None
@@ -211,7 +232,8 @@ class Attention(nnx.Module):
     """Self-attention block: q/k/v projections, optional qk-norm, positions, attention, output projection.
 
     Call with ``x [batch, len, embed]``, ``positions [batch, len]`` (per-sample positions, used by RoPE/ALiBi) and
-    ``segment_ids [batch, len]``; returns ``[batch, len, embed]``.
+    ``segment_ids [batch, len]``; returns ``[batch, len, embed]``. ``impl`` (``ATTENTION_IMPLS``) picks the
+    attention path (see the module docstring); parameters and maths are the same for every choice.
     """
 
     def __init__(
@@ -232,14 +254,18 @@ class Attention(nnx.Module):
         kernel_init: nnx.initializers.Initializer = nnx.initializers.normal(0.02),
         dtype: jnp.dtype = jnp.float32,
         param_dtype: jnp.dtype = jnp.float32,
+        impl: str = "xla",
     ):
         if position not in POSITION_KINDS:
             raise ValueError(f"unknown position {position!r}; expected one of {POSITION_KINDS}")
+        if impl not in ATTENTION_IMPLS:
+            raise ValueError(f"Attention: impl must be one of {ATTENTION_IMPLS}, got {impl!r}")
         if num_heads % num_kv_heads:
             raise ValueError(f"num_heads {num_heads} is not a multiple of num_kv_heads {num_kv_heads}")
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.position = position
         self.dtype = dtype
+        self.impl = impl  # resolved at trace time: "auto" depends on the backend the model runs on
         common = dict(rngs=rngs, kernel_init=kernel_init, dtype=dtype, param_dtype=param_dtype)
 
         def proj(heads: int, heads_axis: str) -> Einsum:
@@ -286,11 +312,17 @@ class Attention(nnx.Module):
 
     def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array) -> jax.Array:
         q, k, v = self._qkv(x, positions)
-        bias = None
-        if self.slopes is not None:
-            bias = alibi_bias(positions, positions, jnp.asarray(self.slopes), sqrt=self.position == "sqrt_alibi")
-        mask = attention_mask(segment_ids, segment_ids)
-        out = dot_product_attention(q, k, v, mask=mask, bias=bias)
+        impl = resolve_impl(self.impl)
+        sqrt = self.position == "sqrt_alibi"
+        if impl != "xla":
+            slopes = None if self.slopes is None else jnp.asarray(self.slopes, jnp.float32)
+            out = kernel_flash_attention(q, k, v, positions, segment_ids, slopes=slopes, sqrt_alibi=sqrt, impl=impl)
+        else:
+            bias = None
+            if self.slopes is not None:
+                bias = alibi_bias(positions, positions, jnp.asarray(self.slopes), sqrt=sqrt)
+            mask = attention_mask(segment_ids, segment_ids)
+            out = dot_product_attention(q, k, v, mask=mask, bias=bias)
         out = constrain(out, ("act_batch", "act_len", "act_heads", None))
         return self.o_proj(out)
 
@@ -308,7 +340,14 @@ class Attention(nnx.Module):
         v_cache = write_cache_rows(v_cache, v, positions[:, 0])
         slopes = None if self.slopes is None else jnp.asarray(self.slopes)
         out = cached_attention(
-            q, k_cache, v_cache, positions, lengths, slopes=slopes, sqrt_alibi=self.position == "sqrt_alibi"
+            q,
+            k_cache,
+            v_cache,
+            positions,
+            lengths,
+            slopes=slopes,
+            sqrt_alibi=self.position == "sqrt_alibi",
+            impl=self.impl,
         )
         out = constrain(out, ("act_batch", "act_len", "act_heads", None))
         return self._project_out(out), k_cache, v_cache

@@ -38,9 +38,33 @@ def lm_loss(
     logits = logits.astype(jnp.float32)
     lse = jax.nn.logsumexp(logits, axis=-1)
     nll = lse - jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    correct = jnp.argmax(logits, -1) == targets
+    return lm_loss_terms(nll, lse, correct, loss_mask, segment_ids=segment_ids, aggregation=aggregation, z_loss=z_loss)
+
+
+def lm_loss_terms(
+    nll: jax.Array,
+    lse: jax.Array,
+    correct: jax.Array | None,
+    loss_mask: jax.Array,
+    *,
+    segment_ids: jax.Array | None = None,
+    aggregation: str = "token_mean",
+    z_loss: float = 0.0,
+) -> LossTerms:
+    """``lm_loss``'s terms from per-token quantities, however they were computed (full logits or a fused,
+    vocabulary-chunked head: ``stepjax.kernels.fused_logprob`` gives ``nll = -logp`` and ``lse``).
+
+    Args:
+      nll: ``[batch, len]`` float32 ``-log p(target)``; lse: ``[batch, len]`` logsumexp of the logits (z-loss).
+      correct: ``[batch, len]`` whether the target is the logits' argmax, or None to leave out ``accuracy``.
+      loss_mask, segment_ids, aggregation, z_loss: as ``lm_loss``.
+    Returns:
+      ``{'lm', 'accuracy' (unless correct is None), 'z_loss' (only if z_loss > 0)}``.
+    """
     terms = {"lm": aggregate(nll, loss_mask, aggregation, segment_ids=segment_ids)}
-    correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
-    terms["accuracy"] = aggregate(correct, loss_mask, "token_mean")
+    if correct is not None:
+        terms["accuracy"] = aggregate(correct.astype(jnp.float32), loss_mask, "token_mean")
     if z_loss:
         z = aggregate(jnp.square(lse), loss_mask, aggregation, segment_ids=segment_ids)
         terms["z_loss"] = Term(z.total * z_loss, z.denominator)

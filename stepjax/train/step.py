@@ -155,24 +155,53 @@ def jit_train_step(
     )
 
 
-def lm_loss_fn(aggregation: str = "token_mean", z_loss: float = 0.0) -> LossFn:
+def lm_loss_fn(aggregation: str = "token_mean", z_loss: float = 0.0, *, chunk_size: int = 4096) -> LossFn:
     """Loss function for next-token training on batches with ``inputs``, ``targets``, ``loss_mask``, ``positions``,
-    ``segment_ids`` (all ``[batch, len]``)."""
-    from stepjax.objectives.lm import lm_loss
+    ``segment_ids`` (all ``[batch, len]``).
+
+    A ``DecoderLM`` whose ``cfg.logprob_impl`` is not ``"full"`` never forms ``[batch, len, vocab]`` logits: the
+    terms come from ``stepjax.kernels.fused_logprob`` on the final hidden states (``stepjax.train.lm_head``; vocabulary
+    chunks of ``chunk_size`` columns). Same terms and values (``lm``, ``accuracy``, ``z_loss``) up to float
+    reassociation.
+    """
+    from stepjax.objectives.lm import lm_loss, lm_loss_terms
 
     def fn(model: nnx.Module, batch: Mapping[str, jax.Array], rng: jax.Array) -> LossTerms:
         del rng
-        logits = _lm_logits(model, batch["inputs"], batch.get("positions"), batch.get("segment_ids"))
+        inputs, positions, segment_ids = batch["inputs"], batch.get("positions"), batch.get("segment_ids")
+        impl = _logprob_impl(model)
+        if impl != "full":
+            from stepjax.train.lm_head import fused_head_stats
+
+            hidden = model.hidden_states(inputs, positions, segment_ids)
+            nll, lse, correct = fused_head_stats(model, hidden, batch["targets"], impl=impl, chunk_size=chunk_size)
+            return lm_loss_terms(
+                nll,
+                lse,
+                correct,
+                batch["loss_mask"],
+                segment_ids=segment_ids,
+                aggregation=aggregation,
+                z_loss=z_loss,
+            )
+        logits = _lm_logits(model, inputs, positions, segment_ids)
         return lm_loss(
             logits,
             batch["targets"],
             batch["loss_mask"],
-            segment_ids=batch.get("segment_ids"),
+            segment_ids=segment_ids,
             aggregation=aggregation,
             z_loss=z_loss,
         )
 
     return fn
+
+
+def _logprob_impl(model: nnx.Module) -> str:
+    """``cfg.logprob_impl`` of a ``DecoderLM``; ``"full"`` for any other model (it only offers logits)."""
+    from stepjax.models.llm import DecoderLM
+
+    return model.cfg.logprob_impl if isinstance(model, DecoderLM) else "full"
 
 
 def _lm_logits(model: nnx.Module, tokens: jax.Array, positions: jax.Array | None, segment_ids: jax.Array | None):

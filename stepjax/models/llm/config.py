@@ -11,6 +11,12 @@ import jax.numpy as jnp
 from stepjax.nn import MLP_KINDS, POSITION_KINDS
 
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims")
+#: ``attention_impl``: "xla" = ``stepjax.nn.attention``'s own path; "reference" / "pallas" = ``stepjax.kernels``'
+#: pure-JAX reference / Pallas kernel (interpreted on CPU); "auto" = Pallas on GPU/TPU, "xla" elsewhere.
+ATTENTION_IMPLS = ("xla", "reference", "pallas", "auto")
+#: ``logprob_impl``: "full" = ``[batch, len, vocab]`` logits then log-softmax; the others run
+#: ``stepjax.kernels.fused_logprob`` (that ``impl``) on the final hidden states, never materialising the logits.
+LOGPROB_IMPLS = ("full", "chunked", "pallas", "auto")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -20,6 +26,8 @@ class LLMConfig:
 
     ``head_dim`` defaults to ``hidden_size // num_heads``; ``num_kv_heads`` < ``num_heads`` gives GQA (1 = MQA).
     ``dtype`` is the compute dtype, ``param_dtype`` the storage dtype (mixed precision = bfloat16 / float32).
+    ``attention_impl`` (``ATTENTION_IMPLS``) picks the attention path and ``logprob_impl`` (``LOGPROB_IMPLS``) the
+    training loss's vocabulary projection; neither changes the parameters or the maths, only how it is computed.
     """
 
     vocab_size: int
@@ -44,6 +52,8 @@ class LLMConfig:
     param_dtype: str = "float32"
     scan_layers: bool = False
     remat: str = "none"
+    attention_impl: str = "xla"
+    logprob_impl: str = "full"
 
     def __post_init__(self):
         if self.head_dim is None:
@@ -67,6 +77,9 @@ class LLMConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(f"LLMConfig: {message} (got {self})")
+        for name, choices in (("attention_impl", ATTENTION_IMPLS), ("logprob_impl", LOGPROB_IMPLS)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"LLMConfig.{name} must be one of {choices}, got {getattr(self, name)!r}")
         for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "mlp_dim"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"LLMConfig.{name} must be positive, got {getattr(self, name)}")

@@ -39,6 +39,7 @@ class DecoderLayer(nnx.Module):
             qk_norm=cfg.qk_norm,
             norm_eps=cfg.norm_eps,
             kernel_init=init,
+            impl=cfg.attention_impl,
             **dtypes,
         )
         self.post_attn_norm = make_norm(cfg.norm, cfg.hidden_size, rngs=rngs, eps=cfg.norm_eps, **dtypes)
