@@ -44,6 +44,8 @@ test-all: $(VENV)/.test-stamp
 bench: $(VENV)/.test-stamp
 	$(PY) -m benchmarks.train_step
 	$(PY) -m benchmarks.decode
+	$(PY) -m benchmarks.rl_throughput
+	$(PY) -m benchmarks.fused_logprob
 
 lint: $(VENV)/.test-stamp
 	$(PY) -m ruff check .
