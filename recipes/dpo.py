@@ -373,8 +373,8 @@ def _distinct_prompts(source: Any, n: int) -> list[dict]:
 def _pairs(config, workdir: str, name: str, user_path: str, records, sampler, *, salt: int, required: bool):
     """``(pairs, names for error messages)``: from ``user_path``, else ``<workdir>/name`` if a previous run wrote
     it, else sampled with ``sampler = (tokenizer, graphdef, reference state, SamplingConfig)`` (the warm-start
-    policy) and written there. No pairs: an error if ``required``
-    (the training pairs), else an empty list (held-out pairs: pair accuracy is then not logged)."""
+    policy) and written there. No pairs: a ``ConfigError`` if ``required`` (the training pairs), else an empty list
+    (held-out pairs: pair accuracy is then not logged)."""
     from stepjax.rl.preference_pairs import read_pairs, write_pairs
 
     path = user_path or os.path.join(workdir, name)
@@ -384,9 +384,9 @@ def _pairs(config, workdir: str, name: str, user_path: str, records, sampler, *,
         return pairs, [f"{path}:{line}" for line in lines]
     pairs = _sample_pairs(config, records, *sampler, salt)
     if not pairs and required:
-        raise RuntimeError(
-            f"no preference pairs from {len(records)} prompts: no prompt had both a right and a wrong sample "
-            "(raise config.pairs.samples_per_prompt or num_prompts, or train the warm start longer)"
+        raise cc.ConfigError(
+            f"no preference pairs from {len(records)} prompts: no prompt had both a right and a wrong sample; raise "
+            "'config.pairs.samples_per_prompt' or 'config.pairs.num_prompts', or train the warm start longer"
         )
     write_pairs(path, pairs)
     return pairs, [f"{path}:{i + 1}" for i in range(len(pairs))]
@@ -434,7 +434,7 @@ def _sample_pairs(config, records: list[dict], tokenizer, graphdef, reference, s
     dropped = len(built) - len(pairs)
     print(
         f"pairs: {len(pairs)} from {len(records)} prompts x {p.samples_per_prompt} samples (T={p.temperature}, "
-        f"sample accuracy {np.mean(scores >= 0.5):.3f}{f'; {dropped} too long, dropped' if dropped else ''}) in "
+        f"right-sample rate {np.mean(scores >= 0.5):.3f}{f'; {dropped} too long, dropped' if dropped else ''}) in "
         f"{time.perf_counter() - t0:.1f}s"
     )
     return pairs
@@ -501,6 +501,7 @@ _ROW_KEYS = ("chosen_inputs", "chosen_targets", "chosen_mask", "rejected_inputs"
 
 
 def _batched_sums(sums_fn, model_state, rows: dict, indices, batch_size: int = 256):
+    """``(chosen [n], rejected [n])`` summed log-probs of the pairs at ``indices``, ``batch_size`` at a time."""
     import numpy as np
 
     chosen, rejected = [], []
@@ -515,7 +516,8 @@ def _batched_sums(sums_fn, model_state, rows: dict, indices, batch_size: int = 2
 
 
 def _fingerprint(params) -> str:
-    """A short hash of the weights (per-leaf sum and sum of squares): a cache of other weights is refused."""
+    """A short hash of the weights (per-leaf sum and sum of squares), stored with the reference cache: a cache made
+    with other weights (e.g. after changing the warm start) is discarded and recomputed."""
     import hashlib
 
     import jax
