@@ -19,6 +19,8 @@ from pathlib import Path
 
 from absl import app, flags, logging
 
+from recipes.cli import parse_flags
+
 _FROM = flags.DEFINE_enum("from", None, ["hf", "orbax"], "Source format: 'hf' (safetensors folder) or 'orbax'.")
 _SRC = flags.DEFINE_string("src", None, "Source folder.")
 _DST = flags.DEFINE_string("dst", None, "Destination folder (must not exist or be empty, unless --overwrite).")
@@ -129,16 +131,8 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-
-
 def entry() -> None:
-    app.run(main, flags_parser=_parse_flags)
+    app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

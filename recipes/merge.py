@@ -18,6 +18,8 @@ import time
 
 from absl import app, flags, logging
 
+from recipes.cli import parse_flags
+
 _METHOD = flags.DEFINE_enum("method", None, ["linear", "task_arithmetic", "slerp", "ties"], "Merge method.")
 _MODELS = flags.DEFINE_list("models", None, "Comma-separated checkpoints to merge (fine-tuned models).")
 _BASE = flags.DEFINE_string("base", None, "Base checkpoint (task_arithmetic, ties).")
@@ -127,16 +129,8 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-
-
 def entry() -> None:
-    app.run(main, flags_parser=_parse_flags)
+    app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

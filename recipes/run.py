@@ -16,6 +16,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from recipes.cli import parse_flags
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
     None,
@@ -67,14 +69,11 @@ def main(argv: list[str]) -> int:
 def _parse_flags(argv: list[str]) -> list[str]:
     """Flag parser for ``app.run``: a misspelt ``--config.x.y`` is one clear line, not a traceback."""
     try:
-        return flags.FLAGS(argv)
+        return parse_flags(argv)
     except (AttributeError, KeyError) as err:  # ml_collections: unknown field in an override
         hint = re.search(r'Did you mean "[^"]+"', str(err))
         bad = [a.split("=")[0] for a in argv if a.startswith("--config.")]
         print(f"error: unknown config key among {bad}" + (f"; {hint.group(0)}?" if hint else ""), file=sys.stderr)
-        sys.exit(2)
-    except flags.Error as err:
-        print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
 
 
