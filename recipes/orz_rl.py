@@ -49,7 +49,7 @@ def schema() -> ml_collections.ConfigDict:
         max_new_tokens=64,
         temperature=1.0,
         prompt_width=16,
-        reward_fns=["orz_math"],
+        reward_fns=("orz_math",),
         gamma=1.0,
         lam=1.0,
         whiten_advantages=True,

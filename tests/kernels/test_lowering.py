@@ -4,8 +4,11 @@ Interpret mode checks the maths but not that a kernel only uses what the acceler
 ``slice`` in a kernel, a tile that Mosaic's (8, 128) layout rule rejects, ...). Lowering for another platform runs
 those checks without the hardware: it stops before the backend compiler (Triton's PTX generation, libtpu's Mosaic
 passes), so it is necessary, not sufficient. The GPU lowering asks the (absent) GPU for its compute capability; the
-test answers "9.0" through a private JAX hook and skips if that hook moved.
+test answers "9.0" through a private JAX hook. If that hook moves in a new jax, the test skips locally but fails
+under CI (``CI=true``), so a jax upgrade cannot silently switch the lowering checks off.
 """
+
+import os
 
 import jax
 import jax.numpy as jnp
@@ -79,14 +82,21 @@ KERNELS = {
 }
 
 
+def _hook_moved(what: str) -> None:
+    message = f"{what} moved in this jax; update the private hook this lowering test relies on"
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 @pytest.fixture
 def fake_gpu(monkeypatch):
     try:
         from jax._src.pallas.triton import gpu_info
     except ImportError:
-        pytest.skip("jax._src.pallas.triton.gpu_info moved")
+        _hook_moved("jax._src.pallas.triton.gpu_info")
     if not hasattr(gpu_info, "GpuInfo"):
-        pytest.skip("gpu_info.GpuInfo moved")
+        _hook_moved("gpu_info.GpuInfo")
     info = gpu_info.GpuInfo(gpu_version=None, arch_name="9.0", compute_capability=90)
     monkeypatch.setattr(gpu_info, "get_gpu_info", lambda: info)
 
@@ -103,7 +113,7 @@ def test_lowers_to_mosaic_tpu(kernel):
     try:
         from jax._src.mesh import AbstractDevice
     except ImportError:
-        pytest.skip("jax._src.mesh.AbstractDevice moved")
+        _hook_moved("jax._src.mesh.AbstractDevice")
     device = AbstractDevice(device_kind="TPU v5 lite", num_cores=1, platform="tpu")
     mesh = jax.sharding.AbstractMesh((1,), ("x",), abstract_device=device)
     fn, args = KERNELS[kernel]("tpu")

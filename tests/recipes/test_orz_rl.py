@@ -37,6 +37,20 @@ def _records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+def test_reward_fns_override_from_the_command_line(tmp_path):
+    # A tuple field can be overridden by a flag (a list field cannot); the override must reach validation.
+    proc = _run_cli(
+        "--config",
+        "configs/orz_ppo.py:test",
+        "--config.rl.reward_fns=('orz_math','no_such_reward')",
+        "--workdir",
+        str(tmp_path / "run"),
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "config.rl.reward_fns" in proc.stderr and "no_such_reward" in proc.stderr
+    assert not (tmp_path / "run" / "rl").exists()
+
+
 @pytest.mark.parametrize("name", ["orz_ppo", "grpo"])
 def test_variants_validate(name):
     for variant in ("tiny", "test"):
@@ -49,7 +63,7 @@ def test_bad_rl_settings_are_named():
     with pytest.raises(ConfigError, match=r"config\.rl\.critic_minibatches.*256 rows"):
         orz_rl.validate(config)
     config = _config("orz_ppo", "tiny")
-    config.rl.reward_fns = ["orz_math", "no_such_reward"]
+    config.rl.reward_fns = ("orz_math", "no_such_reward")
     with pytest.raises(ConfigError, match=r"config\.rl\.reward_fns.*no_such_reward"):
         orz_rl.validate(config)
     config = _config("orz_ppo", "tiny")
