@@ -23,7 +23,14 @@ def _code(path: Path) -> str:
     return "\n\n".join(line for line in code if not line.lstrip().startswith(("!", "%")))
 
 
-@pytest.mark.parametrize("name", ["orz_ppo_tiny.ipynb"])
+# Each notebook and lines its output must contain (its "test" variant runs the same cells on a tiny budget).
+EXPECTED_OUTPUT = {
+    "orz_ppo_tiny.ipynb": ("before:", "after:"),
+    "pdeil.ipynb": ("expert PPO:", "PDEIL: final returns", "BC: final returns", "Pearson(learned, true)"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_OUTPUT))
 def test_notebook_runs(name, tmp_path):
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
     env["STEPJAX_NOTEBOOK_VARIANT"] = "test"
@@ -33,4 +40,9 @@ def test_notebook_runs(name, tmp_path):
         [sys.executable, str(script)], cwd=NOTEBOOKS, env=env, capture_output=True, text=True, timeout=600
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "before:" in result.stdout and "after:" in result.stdout
+    for line in EXPECTED_OUTPUT[name]:
+        assert line in result.stdout, f"{name}: {line!r} missing from its output:\n{result.stdout[-3000:]}"
+
+
+def test_every_notebook_is_tested():
+    assert sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")) == sorted(EXPECTED_OUTPUT)
