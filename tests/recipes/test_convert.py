@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 def _cli(*args):
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
     return subprocess.run(
-        [sys.executable, "-m", "recipes.convert", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "recipes.convert", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
     )
 
 

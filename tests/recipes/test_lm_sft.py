@@ -22,7 +22,7 @@ def _config(variant="tiny"):
     return get_config(variant)
 
 
-def _run_cli(*args, timeout=120):
+def _run_cli(*args, timeout=600):  # a hang guard; loaded 2-core machines need minutes
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     return subprocess.run(
         [sys.executable, "-m", "recipes.run", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout

@@ -26,7 +26,7 @@ def _config(name: str, variant: str):
     return module.get_config(variant)
 
 
-def _run_cli(*args, timeout=300):
+def _run_cli(*args, timeout=900):  # a hang guard; loaded 2-core machines need minutes
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
     return subprocess.run(
         [sys.executable, "-m", "recipes.run", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
