@@ -15,6 +15,11 @@ Two algorithms share it:
 
 The sampler's log-probs of the sampled tokens are the rollout policy's (``old_logprobs``); they equal a training
 forward pass on the same tokens (tested in ``tests/sampling``), so no extra forward pass is spent on them.
+
+Each model's optimizer steps of one iteration run as one jitted ``lax.scan`` over its mini-batches
+(``make_minibatch_updates``), and each step accumulates gradients over slices of at most
+``RLConfig.micro_batch_tokens`` tokens: on CPU, activations that stay in cache made the tiny recipes' updates ~35%
+faster. Both give the same updates as separate steps on whole mini-batches, up to float reassociation (tested).
 """
 
 from __future__ import annotations
@@ -39,6 +44,9 @@ from stepjax.train.state import TrainState, merge_model
 from stepjax.train.step import make_train_step
 
 ALGORITHMS = ("ppo", "grpo")
+#: ``RLConfig.micro_batch_tokens=None`` on CPU. Measured on the tiny GRPO recipe (64 rows x 79 tokens per step):
+#: 1264- and 632-token slices took ~35% less CPU time per step than the whole mini-batch, 2528 only ~15% less.
+CPU_MICRO_BATCH_TOKENS = 1024
 
 
 @struct.dataclass
@@ -67,6 +75,10 @@ class RLConfig:
       aggregation: loss aggregation (``stepjax.objectives.terms``); GRPO also takes TRL loss-type names.
       group_scale / group_eps: GRPO advantage std scaling (``group``, ``batch``, ``none``) and its epsilon.
       entropy_metric: log the policy's token entropy (costs a ``[rows, len, vocab]`` pass; off for big vocabularies).
+      micro_batch_tokens: gradient accumulation inside each optimizer step: a mini-batch is split into the fewest
+        equal slices of at most this many tokens (rows x row length); the update is unchanged up to float
+        reassociation (``stepjax.train.step``). ``None``: ``CPU_MICRO_BATCH_TOKENS`` on CPU, no split on
+        accelerators; ``0``: no split.
     """
 
     algorithm: str = "ppo"
@@ -87,6 +99,7 @@ class RLConfig:
     group_scale: str = "group"
     group_eps: float = 1e-4
     entropy_metric: bool = True
+    micro_batch_tokens: int | None = None
 
     def __post_init__(self):
         if self.algorithm not in ALGORITHMS:
@@ -94,6 +107,8 @@ class RLConfig:
         for name in ("policy_epochs", "policy_minibatches", "critic_epochs", "critic_minibatches", "prompt_width"):
             if getattr(self, name) < 1:
                 raise ValueError(f"RLConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.micro_batch_tokens is not None and self.micro_batch_tokens < 0:
+            raise ValueError(f"RLConfig.micro_batch_tokens must be None or >= 0, got {self.micro_batch_tokens}")
 
 
 def _entropy(logits: jax.Array) -> jax.Array:
@@ -108,7 +123,8 @@ def policy_loss_fn(cfg: RLConfig) -> Callable:
         del rng
         logits = model(batch["inputs"], batch["positions"])
         log_probs = token_log_probs(logits, batch["targets"])
-        entropy = _entropy(logits) if cfg.entropy_metric else None
+        # A logged metric only (no entropy bonus here): no gradient flows through it, so the backward pass skips it.
+        entropy = jax.lax.stop_gradient(_entropy(logits)) if cfg.entropy_metric else None
         if cfg.algorithm == "ppo":
             return ppo_policy_loss(
                 log_probs,
@@ -146,6 +162,53 @@ def critic_loss_fn(cfg: RLConfig) -> Callable:
     return fn
 
 
+def micro_batches_for(rows: int, row_len: int, max_tokens: int) -> int:
+    """The fewest equal slices (a divisor of ``rows``) of at most ``max_tokens`` tokens each (one row per slice when
+    even that is over); 1 when ``max_tokens`` is 0."""
+    if max_tokens <= 0:
+        return 1
+    return next((n for n in range(1, rows + 1) if rows % n == 0 and rows // n * row_len <= max_tokens), rows)
+
+
+def make_minibatch_updates(
+    graphdef: nnx.GraphDef,
+    loss_fn: Callable,
+    tx: optax.GradientTransformation,
+    *,
+    loss_weights: Mapping[str, float],
+    schedule: optax.Schedule | None = None,
+    micro_batch_tokens: int = 0,
+) -> Callable[[TrainState, Mapping[str, jax.Array], np.ndarray], tuple[TrainState, dict[str, jax.Array]]]:
+    """``updates(state, batch, order) -> (state, metrics)``: one optimizer step (``make_train_step``) per row of
+    ``order [steps, rows_per_step]`` (indices into ``batch``'s leading axis), all in one jitted ``lax.scan``;
+    ``metrics`` are stacked ``[steps]``. ``state`` is donated.
+
+    The same updates as ``jax.jit(make_train_step(...))`` called on ``{k: v[idx]}`` for each ``idx`` in turn, without
+    a dispatch, a gather and a host round trip per step. Each step accumulates gradients over
+    ``micro_batches_for(rows_per_step, row length, micro_batch_tokens)`` slices; one compiled program per slice count.
+    """
+    compiled: dict[int, Callable] = {}
+
+    def updates(state: TrainState, batch: Mapping[str, jax.Array], order: np.ndarray):
+        order = np.asarray(order, np.int32)
+        if order.ndim != 2:
+            raise ValueError(f"order must be [steps, rows_per_step] indices, got shape {order.shape}")
+        row_len = max([v.shape[1] for v in batch.values() if v.ndim > 1] or [1])
+        n = micro_batches_for(order.shape[1], row_len, micro_batch_tokens)
+        if n not in compiled:
+            train_step = make_train_step(
+                graphdef, loss_fn, tx, loss_weights=loss_weights, num_micro_batches=n, schedule=schedule
+            )
+
+            def scan_steps(state, batch, order):
+                return jax.lax.scan(lambda s, idx: train_step(s, {k: v[idx] for k, v in batch.items()}), state, order)
+
+            compiled[n] = jax.jit(scan_steps, donate_argnums=(0,))
+        return compiled[n](state, batch, jnp.asarray(order))
+
+    return updates
+
+
 def _minibatches(rows: int, parts: int, epochs: int, rng: np.random.Generator) -> list[np.ndarray]:
     if rows % parts:
         raise ValueError(f"{rows} rollout rows do not split into {parts} mini-batches")
@@ -177,22 +240,26 @@ def make_rl_step(
     """
     if cfg.algorithm == "ppo" and (critic_graphdef is None or critic_tx is None):
         raise ValueError("PPO needs critic_graphdef and critic_tx (the value model and its optimizer)")
-    policy_update = jax.jit(
-        make_train_step(
-            policy_graphdef,
-            policy_loss_fn(cfg),
-            policy_tx,
-            loss_weights={cfg.algorithm: 1.0},
-            schedule=policy_schedule,
-        ),
-        donate_argnums=(0,),
+    micro_tokens = cfg.micro_batch_tokens
+    if micro_tokens is None:
+        micro_tokens = CPU_MICRO_BATCH_TOKENS if jax.default_backend() == "cpu" else 0
+    policy_updates = make_minibatch_updates(
+        policy_graphdef,
+        policy_loss_fn(cfg),
+        policy_tx,
+        loss_weights={cfg.algorithm: 1.0},
+        schedule=policy_schedule,
+        micro_batch_tokens=micro_tokens,
     )
-    critic_update = None
+    critic_updates = None
     critic_values = None
     if cfg.algorithm == "ppo":
-        critic_update = jax.jit(
-            make_train_step(critic_graphdef, critic_loss_fn(cfg), critic_tx, loss_weights={"value": 1.0}),
-            donate_argnums=(0,),
+        critic_updates = make_minibatch_updates(
+            critic_graphdef,
+            critic_loss_fn(cfg),
+            critic_tx,
+            loss_weights={"value": 1.0},
+            micro_batch_tokens=micro_tokens,
         )
         critic_values = jax.jit(
             lambda params, extra, inputs, positions: merge_model(critic_graphdef, params, extra)(inputs, positions)
@@ -242,15 +309,17 @@ def make_rl_step(
         rows = mask.shape[0]
         nonfinite = 0.0
         if cfg.algorithm == "ppo":
-            for idx in _minibatches(rows, cfg.critic_minibatches, cfg.critic_epochs, shuffle):
-                critic, m = critic_update(critic, {k: v[idx] for k, v in batch.items()})
-                nonfinite = max(nonfinite, float(m["nonfinite"]))
-            metrics["value_loss"] = float(m["value"])
-            metrics["val/clipfrac_avg"] = float(m["val/clipfrac_avg"])
-        policy = state.policy
-        for idx in _minibatches(rows, cfg.policy_minibatches, cfg.policy_epochs, shuffle):
-            policy, m = policy_update(policy, {k: v[idx] for k, v in batch.items()})
-            nonfinite = max(nonfinite, float(m["nonfinite"]))
+            order = np.stack(_minibatches(rows, cfg.critic_minibatches, cfg.critic_epochs, shuffle))
+            critic, steps = critic_updates(critic, batch, order)
+            steps = jax.device_get(steps)
+            nonfinite = max(nonfinite, float(np.max(steps["nonfinite"])))
+            metrics["value_loss"] = float(steps["value"][-1])
+            metrics["val/clipfrac_avg"] = float(steps["val/clipfrac_avg"][-1])
+        order = np.stack(_minibatches(rows, cfg.policy_minibatches, cfg.policy_epochs, shuffle))
+        policy, steps = policy_updates(state.policy, batch, order)
+        steps = jax.device_get(steps)
+        nonfinite = max(nonfinite, float(np.max(steps["nonfinite"])))
+        m = {k: v[-1] for k, v in steps.items()}  # the last step's metrics, as logged before
         for name, value in m.items():
             if name.startswith(("policy/", "clip_ratio/", "entropy", "loss/")) or name in ("grad_norm", "lr"):
                 metrics[name] = float(value)
