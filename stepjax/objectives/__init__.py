@@ -1,5 +1,6 @@
 """Objectives: pure functions of arrays that return ``{name: Term(sum, denominator)}``."""
 
+from stepjax.objectives.bcpg import bcpg_loss, group_mean_baselines
 from stepjax.objectives.dpo import DPO_LOSS_TYPES, F_DIVERGENCES, dpo_loss, dpo_loss_weights
 from stepjax.objectives.grpo import TRL_LOSS_TYPES, grpo_loss, resolve_aggregation
 from stepjax.objectives.kl import KL_ESTIMATORS, kl_penalty, kl_shaped_rewards
@@ -18,10 +19,12 @@ __all__ = [
     "LossTerms",
     "Term",
     "aggregate",
+    "bcpg_loss",
     "dpo_loss",
     "dpo_loss_weights",
     "explained_variance",
     "get_loss",
+    "group_mean_baselines",
     "grpo_loss",
     "kl_penalty",
     "kl_shaped_rewards",

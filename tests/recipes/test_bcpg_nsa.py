@@ -1,0 +1,141 @@
+"""The bcpg_nsa recipe (configs/bcpg_nsa.py): configs validate, bad settings are named (an unknown key too, through
+the CLI), and the ``test`` variant runs end to end through the CLI — warm start, one offline dataset in the §4.3
+record format, RFT / BCPG / NSA runs over two offline iterations — with finite metrics, a summary and a figure; its
+barely trained pi_ref writes negatives that cannot be segmented, which are counted and named in a warning."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import pytest
+
+from recipes import bcpg_nsa
+from stepjax.data import ByteTokenizer
+from stepjax.rl.offline_data import read_offline_records
+from stepjax.train.config_check import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _config(variant: str):
+    sys.path.insert(0, str(REPO))
+    from configs.bcpg_nsa import get_config
+
+    return get_config(variant)
+
+
+def _run_cli(*args, timeout=900):
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+        "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir or "/tmp/stepjax_jax_cache",
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "recipes.run", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_variants_validate_and_plan_runs():
+    for variant in ("tiny", "test"):
+        bcpg_nsa.validate(_config(variant))
+    with pytest.raises(ValueError, match="unknown bcpg_nsa variant"):
+        _config("huge")
+    config = _config("tiny")
+    config.policy.nsa_betas = (0.5, 0.0, -0.5)
+    assert bcpg_nsa.planned_runs(config) == [
+        ("rft", "rft", 1.0),
+        ("bcpg", "bcpg", 1.0),
+        ("nsa_b0.5", "nsa", 0.5),
+        ("nsa_b0", "nsa", 0.0),
+        ("nsa_b-0.5", "nsa", -0.5),
+    ]
+
+
+@pytest.mark.parametrize(
+    "path, value, message",
+    [
+        ("methods", ("rft", "ppo"), r"config\.methods.*expected a non-empty list from"),
+        ("policy.nsa_betas", (1.5,), r"config\.policy\.nsa_betas' must lie in \[-1, 1\]"),
+        ("offline.samples_per_prompt", 1, r"config\.offline\.samples_per_prompt' must be >= 2"),
+        ("offline.judge_flip_probs", (0.1, 1.2), r"config\.offline\.judge_flip_probs' must be in \[0, 1\]"),
+        ("offline.reward_fns", ("nope",), r"config\.offline\.reward_fns.*unknown reward 'nope'"),
+        ("offline.max_new_tokens", 600, r"exceeds 'config\.model\.max_seq_len'"),
+        ("data.error_prob", 1.5, r"config\.data\.error_prob' must be in \[0, 1\]"),
+        ("data.max_terms", 2, r"config\.data\.min_terms.*max_terms"),
+        ("policy.tau", -1.0, r"config\.policy\.tau' must be >= 0"),
+        ("train.seeds", (), r"config\.train\.seeds' is empty"),
+    ],
+)
+def test_bad_settings_are_named(path, value, message):
+    config = _config("tiny")
+    section, key = path.rsplit(".", 1) if "." in path else (None, path)
+    (config[section] if section else config)[key] = value
+    with pytest.raises(ConfigError, match=message):
+        bcpg_nsa.validate(config)
+
+
+def test_unknown_config_key_is_named():
+    config = _config("tiny")
+    config.policy.betta = 0.5
+    with pytest.raises(ConfigError, match=r"unknown config key 'config\.policy\.betta'"):
+        bcpg_nsa.validate(config)
+    result = _run_cli("--config", "configs/bcpg_nsa.py:test", "--config.policy.tua=0.1", "--workdir", "/nonexistent")
+    assert result.returncode == 2
+    assert "unknown config key" in result.stderr and "config.policy.tua" in result.stderr
+
+
+def test_test_variant_end_to_end(tmp_path):
+    workdir = tmp_path / "run"
+    result = _run_cli("--config", "configs/bcpg_nsa.py:test", "--workdir", str(workdir))
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    # One offline dataset in the §4.3 format: G responses per question, per-token reference log-probs, step spans
+    # only on negatives, inside the response tokens.
+    config = _config("test")
+    records = read_offline_records(workdir / "offline_data.jsonl")
+    assert len(records) == config.offline.num_questions
+    tok = ByteTokenizer()
+    for record in records:
+        assert len(record.responses) == config.offline.samples_per_prompt
+        for response in record.responses:
+            assert len(response.logp_ref) == len(response.tokens)
+            assert all(v <= 0.0 and math.isfinite(v) for v in response.logp_ref)
+            assert not response.steps or response.r <= 0
+            text = tok.decode(response.tokens)
+            for a, b, label in response.steps:
+                piece = tok.decode(response.tokens[a:b])
+                assert piece.strip() == piece and piece in text and label in (0, 1)
+
+    # Negatives without readable steps are counted in the dataset's stats and named in a warning.
+    meta = json.loads((workdir / "offline_data.jsonl.meta.json").read_text())
+    stats = meta["stats"]
+    assert stats["negatives"] == stats["labelled_negatives"] + stats["unlabelled_negatives"]
+    assert stats["unlabelled_negatives"] > 0  # a 120-step pi_ref writes unreadable steps
+    first = meta["unlabelled"][0]
+    assert f"negative sample {first} has no step labels" in result.stderr
+
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert set(summary["methods"]) == {"rft", "bcpg", "nsa_b0.5"}
+    for name in summary["methods"]:
+        for k in range(config.offline.iterations):
+            run_dir = workdir / "runs" / f"{name}_s0" / f"iter{k}"
+            rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+            losses = [r for r in rows if "loss" in r]
+            assert [r["step"] for r in losses] == [1, 2]
+            assert all(math.isfinite(r["loss"]) and r["nonfinite"] == 0.0 for r in losses)
+            evals = [r for r in rows if "eval/accuracy" in r]
+            assert evals and all(0.0 <= r["eval/accuracy"] <= 1.0 for r in evals)
+            assert math.isfinite(evals[-1]["eval/error_step_logp"])
+            if k >= 1:  # resampled from the run's own policy and relabelled
+                assert (workdir / "runs" / f"{name}_s0" / f"offline_iter{k}.jsonl").is_file()
+        acc = summary["methods"][name]["accuracy"]
+        assert math.isfinite(acc["mean"]) and len(acc["after"]) == 1
+    assert set(summary["wall_seconds"]) >= {"warm_start_s", "offline_data_s", "rft_s0_s"}
+    assert (workdir / "bcpg_nsa.png").stat().st_size > 1000
+    assert "held-out accuracy (T=1)" in result.stdout and "done: summary" in result.stdout
