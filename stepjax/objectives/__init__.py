@@ -6,6 +6,7 @@ from stepjax.objectives.grpo import TRL_LOSS_TYPES, grpo_loss, resolve_aggregati
 from stepjax.objectives.kl import KL_ESTIMATORS, kl_penalty, kl_shaped_rewards
 from stepjax.objectives.lm import lm_loss, token_log_probs
 from stepjax.objectives.ppo import explained_variance, ppo_policy_loss, value_loss
+from stepjax.objectives.prm import prm_loss
 from stepjax.objectives.registry import get_loss, register_loss, registered_losses
 from stepjax.objectives.sft import sft_loss
 from stepjax.objectives.terms import AGGREGATIONS, LossTerms, Term, aggregate, sequence_totals
@@ -30,6 +31,7 @@ __all__ = [
     "kl_shaped_rewards",
     "lm_loss",
     "ppo_policy_loss",
+    "prm_loss",
     "register_loss",
     "registered_losses",
     "resolve_aggregation",
