@@ -180,7 +180,7 @@ def write_report(workdir: str) -> dict:
                     "monologue_drop": m["acc_drop_mean"],
                     "slower_decay_in_dialogue": bool(d["acc_drop_mean"] < m["acc_drop_mean"]),
                     "beyond_spread": bool(
-                        m["acc_drop_mean"] - d["acc_drop_mean"] > d["acc_drop_std"] + m["acc_drop_std"]
+                        abs(m["acc_drop_mean"] - d["acc_drop_mean"]) > d["acc_drop_std"] + m["acc_drop_std"]
                     ),
                     "dialogue_retention": d["retention_mean"],
                     "monologue_retention": m["retention_mean"],
@@ -188,8 +188,8 @@ def write_report(workdir: str) -> dict:
         lines.append("")
         lines.append(
             "Pass check (Acc(k) decays more slowly with k in the dialogue format; drop = Acc(1) - Acc(k_max), "
-            "retention = Acc(k_max) / Acc(1), both per seed then averaged; 'beyond the seed spread' = the drops "
-            "differ by more than the sum of their standard deviations):"
+            "retention = Acc(k_max) / Acc(1), both per seed then averaged; 'beyond the seed spread' = the two drops "
+            "differ, either way, by more than the sum of their standard deviations over seeds):"
         )
         for key, v in report.items():
             if key.startswith("pass/"):

@@ -124,6 +124,10 @@ def test_report_mean_spread_and_pass_check(tmp_path):
     check = report["pass/trained/greedy"]
     assert check["slower_decay_in_dialogue"] and check["beyond_spread"]  # 0.45 apart, spreads 0.1 + 0.05
     assert check["monologue_retention"] == pytest.approx((0.3 / 0.9 + 0.4 / 0.9) / 2)
+    assert (
+        "pass/trained/greedy: drop dialogue 0.100 vs monologue 0.550 -> holds (beyond the seed spread)"
+        in (tmp_path / "acc_vs_k.md").read_text()
+    )
     assert "trained/sample" not in report["formats"]["dialogue"]  # no sampled evaluations in these summaries
     table = (tmp_path / "acc_vs_k.md").read_text()
     assert "| dialogue | trained | greedy | 2 | 0.800 ± 0.100 | 0.750 ± 0.050 | 0.700 ± 0.000 |" in table
