@@ -245,24 +245,6 @@ def make_eval(config, graphdef, tokenizer, eval_records, analysis, logp_fn, seed
     return eval_fn
 
 
-def _optimizer(section: ml_collections.ConfigDict):
-    from stepjax.train import make_optimizer
-
-    return make_optimizer(
-        dict(
-            name="adamw",
-            learning_rate=section.learning_rate,
-            schedule="warmup_constant",
-            warmup_steps=section.warmup_steps,
-            b1=0.9,
-            b2=0.95,
-            weight_decay=0.0,
-            grad_clip_norm=section.grad_clip_norm,
-        ),
-        section.steps,
-    )
-
-
 def loss_fn(method: str, beta: float, tau: float, aggregation: str):
     """``loss_fn(model, batch, rng)``: ``sft_loss`` on positives (RFT) or ``bcpg_loss`` (BCPG: beta = 1; NSA)."""
     from stepjax.objectives import bcpg_loss, sft_loss, token_log_probs
@@ -308,12 +290,12 @@ def train_method(
     import jax.numpy as jnp
     import optax
 
+    from recipes.stage import run_stage, warmup_adamw
     from stepjax.models.llm import DecoderLM
     from stepjax.rl.preference_pairs import PairBatches
     from stepjax.sharding import shard_batch, use_rules
     from stepjax.sharding.batch import batch_sharding
-    from stepjax.train import create_train_state, jit_train_step, make_train_step, run_training
-    from stepjax.train.metrics import MetricWriter
+    from stepjax.train import create_train_state, jit_train_step, make_train_step
 
     section = config.rft if method == "rft" else config.policy
     mesh, rules, model_cfg = env["mesh"], env["rules"], env["model_cfg"]
@@ -323,7 +305,7 @@ def train_method(
     # One compiled step per (method, beta), shared by seeds and iterations (same shapes, same optimizer settings).
     cache = env.setdefault("train_steps", {})
     if (method, beta) not in cache:
-        tx, schedule = _optimizer(section)
+        tx, schedule = warmup_adamw(section)
         step = make_train_step(
             graphdef,
             loss_fn(method, beta, config.policy.tau, config.policy.aggregation),
@@ -343,28 +325,17 @@ def train_method(
         with jax.set_mesh(mesh), use_rules(rules):
             return jitted(state, batch)
 
-    ckpt_dir = os.path.join(run_dir, "checkpoints")
-    if first_eval is not None and jax.process_index() == 0 and not (os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir)):
-        writer = MetricWriter(run_dir, tensorboard=False, resume_step=0)
-        writer.write(0, {f"eval/{k}": v for k, v in first_eval.items()})
-        writer.close()
     batch_size = min(section.batch_size, rows["inputs"].shape[0])
     batches = PairBatches({k: rows[k] for k in TRAIN_KEYS}, batch_size, seed=seed)
-    return run_training(
+    return run_stage(
+        config,
         state,
         step_fn,
         batches,
         run_dir,
         total_steps=section.steps,
-        log_every=config.train.log_every,
-        checkpoint_every=config.checkpoint.every,
-        keep_checkpoints=config.checkpoint.keep,
-        eval_every=config.eval.every or section.steps,
         eval_fn=eval_fn,
+        eval_every=config.eval.every or section.steps,
+        first_eval=None if first_eval is None else lambda: first_eval,
         put_batch=lambda b: shard_batch(b, mesh, rules),
-        nonfinite=config.train.nonfinite,
-        on_corrupt=config.checkpoint.on_corrupt,
-        async_checkpoints=config.checkpoint.async_save,
-        config_snapshot=config.to_dict(),
-        resume="auto" if config.checkpoint.resume else "never",
     )

@@ -27,6 +27,7 @@ from typing import Any
 import ml_collections
 
 from recipes import lm_sft, orz_rl
+from recipes.stage import run_stage
 from stepjax.train import config_check as cc
 from stepjax.train import defaults
 
@@ -366,7 +367,7 @@ def _run_one(config: ml_collections.ConfigDict, workdir: str) -> int:
     from stepjax.rl.value_head import ValueModel
     from stepjax.sampling import SamplingConfig
     from stepjax.sharding import make_mesh, normalize_rules
-    from stepjax.train import NonFiniteLossError, Preempted, create_train_state, plot_metrics, run_training
+    from stepjax.train import NonFiniteLossError, Preempted, create_train_state, plot_metrics
 
     started = time.time()
     try:
@@ -445,30 +446,16 @@ def _run_one(config: ml_collections.ConfigDict, workdir: str) -> int:
         f"{r.prompts_per_iteration} prompts x {r.samples_per_prompt} samples, <= {max_new} new tokens; "
         f"workdir {workdir}"
     )
-    ckpt_dir = os.path.join(rl_dir, "checkpoints")
-    if jax.process_index() == 0 and not (os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir)):
-        from stepjax.train.metrics import MetricWriter  # the warm-started policy: iteration 0 of the curves
-
-        writer = MetricWriter(rl_dir, tensorboard=False, resume_step=0)
-        writer.write(0, {f"eval/{k}": v for k, v in eval_fn(state, 0).items()})
-        writer.close()
     try:
-        state = run_training(
+        state = run_stage(
+            config,
             state,
             rl_step,
             prompts,
             rl_dir,
             total_steps=r.iterations,
-            log_every=config.train.log_every,
-            checkpoint_every=config.checkpoint.every,
-            keep_checkpoints=config.checkpoint.keep,
-            eval_every=config.eval.every,
             eval_fn=eval_fn,
-            nonfinite=config.train.nonfinite,
-            on_corrupt=config.checkpoint.on_corrupt,
-            async_checkpoints=config.checkpoint.async_save,
-            config_snapshot=config.to_dict(),
-            resume="auto" if config.checkpoint.resume else "never",
+            first_eval=lambda: eval_fn(state, 0),
         )
     except Preempted as stop:
         print(str(stop))

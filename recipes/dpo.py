@@ -30,6 +30,7 @@ from typing import Any
 import ml_collections
 
 from recipes import lm_sft, orz_rl
+from recipes.stage import run_stage, warmup_adamw
 from stepjax.train import config_check as cc
 from stepjax.train import defaults
 
@@ -175,25 +176,6 @@ def _warm_start_config(config: ml_collections.ConfigDict) -> ml_collections.Conf
     return orz_rl._warm_start_config(rl)
 
 
-def _optimizer(config: ml_collections.ConfigDict):
-    from stepjax.train import make_optimizer
-
-    d = config.dpo
-    return make_optimizer(
-        dict(
-            name="adamw",
-            learning_rate=d.learning_rate,
-            schedule="warmup_constant",
-            warmup_steps=d.warmup_steps,
-            b1=0.9,
-            b2=0.95,
-            weight_decay=0.0,
-            grad_clip_norm=d.grad_clip_norm,
-        ),
-        d.steps,
-    )
-
-
 # --------------------------------------------------------------------------------------------------------- running
 
 
@@ -213,7 +195,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
         create_train_state,
         jit_train_step,
         make_train_step,
-        run_training,
     )
 
     try:
@@ -235,7 +216,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
         stop_tokens=(tokenizer.eos_id,),
         pad_id=tokenizer.pad_id,
     )
-    tx, schedule = _optimizer(config)
+    tx, schedule = warmup_adamw(config.dpo)
     graphdef, state = create_train_state(
         lambda rngs: DecoderLM(model_cfg, rngs=rngs), tx, seed=config.seed, mesh=mesh, rules=rules
     )
@@ -288,32 +269,17 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
         f"workdir {workdir}"
     )
     dpo_dir = os.path.join(workdir, "dpo")
-    ckpt_dir = os.path.join(dpo_dir, "checkpoints")
-    if jax.process_index() == 0 and not (os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir)):
-        # A fresh DPO stage: score the warm-start policy first, so the curve starts at step 0.
-        from stepjax.train.metrics import MetricWriter
-
-        writer = MetricWriter(dpo_dir, tensorboard=False, resume_step=0)
-        writer.write(0, {f"eval/{k}": v for k, v in eval_fn(state, 0).items()})
-        writer.close()
     try:
-        state = run_training(
+        state = run_stage(
+            config,
             state,
             step_fn,
             batches,
             dpo_dir,
             total_steps=d.steps,
-            log_every=config.train.log_every,
-            checkpoint_every=config.checkpoint.every,
-            keep_checkpoints=config.checkpoint.keep,
-            eval_every=config.eval.every,
             eval_fn=eval_fn,
+            first_eval=lambda: eval_fn(state, 0),
             put_batch=lambda b: shard_batch(b, mesh, rules),
-            nonfinite=config.train.nonfinite,
-            on_corrupt=config.checkpoint.on_corrupt,
-            async_checkpoints=config.checkpoint.async_save,
-            config_snapshot=config.to_dict(),
-            resume="auto" if config.checkpoint.resume else "never",
         )
     except Preempted as stop:
         print(str(stop))

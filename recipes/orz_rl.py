@@ -20,6 +20,7 @@ from typing import Any
 import ml_collections
 
 from recipes import lm_sft
+from recipes.stage import run_stage
 from stepjax.train import config_check as cc
 from stepjax.train import defaults
 
@@ -185,7 +186,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
     from stepjax.rl.value_head import ValueModel
     from stepjax.sampling import SamplingConfig
     from stepjax.sharding import make_mesh, normalize_rules
-    from stepjax.train import NonFiniteLossError, Preempted, create_train_state, plot_metrics, run_training
+    from stepjax.train import NonFiniteLossError, Preempted, create_train_state, plot_metrics
 
     try:
         status, _, sft_state = lm_sft.train(_warm_start_config(config), os.path.join(workdir, "warm_start"))
@@ -252,31 +253,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
         f"{r.samples_per_prompt} samples; held-out {len(eval_records)} prompts; workdir {workdir}"
     )
     rl_dir = os.path.join(workdir, "rl")
-    ckpt_dir = os.path.join(rl_dir, "checkpoints")
-    if jax.process_index() == 0 and not (os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir)):
-        # A fresh RL stage: score the warm-started policy first, so the curve starts at iteration 0.
-        from stepjax.train.metrics import MetricWriter
-
-        writer = MetricWriter(rl_dir, tensorboard=False, resume_step=0)
-        writer.write(0, {f"eval/{k}": v for k, v in eval_fn(state, 0).items()})
-        writer.close()
     try:
-        state = run_training(
+        state = run_stage(
+            config,
             state,
             rl_step,
             prompts,
             rl_dir,
             total_steps=r.iterations,
-            log_every=config.train.log_every,
-            checkpoint_every=config.checkpoint.every,
-            keep_checkpoints=config.checkpoint.keep,
-            eval_every=config.eval.every,
             eval_fn=eval_fn,
-            nonfinite=config.train.nonfinite,
-            on_corrupt=config.checkpoint.on_corrupt,
-            async_checkpoints=config.checkpoint.async_save,
-            config_snapshot=config.to_dict(),
-            resume="auto" if config.checkpoint.resume else "never",
+            first_eval=lambda: eval_fn(state, 0),
         )
     except Preempted as stop:
         print(str(stop))

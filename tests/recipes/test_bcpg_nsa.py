@@ -5,40 +5,22 @@ barely trained pi_ref writes negatives that cannot be segmented, which are count
 
 import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
-import jax
 import pytest
+from recipe_cli import load_config, run_recipe
 
 from recipes import bcpg_nsa
 from stepjax.data import ByteTokenizer
 from stepjax.rl.offline_data import read_offline_records
 from stepjax.train.config_check import ConfigError
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 def _config(variant: str):
-    sys.path.insert(0, str(REPO))
-    from configs.bcpg_nsa import get_config
-
-    return get_config(variant)
+    return load_config("bcpg_nsa", variant)
 
 
 def _run_cli(*args, timeout=900):
-    env = {
-        **os.environ,
-        "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
-        "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir or "/tmp/stepjax_jax_cache",
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5",
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "recipes.run", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
-    )
+    return run_recipe(*args, timeout=timeout, compile_cache=True)
 
 
 def test_variants_validate_and_plan_runs():

@@ -2,32 +2,22 @@
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from recipe_cli import load_config, run_recipe
 
 from recipes import dialogue_reason, dialogue_reason_report
 from stepjax.train.config_check import ConfigError
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 def _config(variant: str):
-    sys.path.insert(0, str(REPO))
-    from configs.dialogue_reason import get_config
-
-    return get_config(variant)
+    return load_config("dialogue_reason", variant)
 
 
 def _run_cli(*args, timeout=600):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-    return subprocess.run(
-        [sys.executable, "-m", "recipes.run", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
-    )
+    return run_recipe(*args, timeout=timeout)
 
 
 def test_variants_validate():

@@ -7,9 +7,6 @@ The learning claim (DPO raises the held-out preferred-answer rate) is checked by
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
@@ -17,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from recipe_cli import load_config, run_recipe
 
 from recipes import dpo
 from stepjax.data import ByteTokenizer, MalformedRecordError
@@ -25,28 +23,13 @@ from stepjax.rl.preference_pairs import encode_pairs, read_pairs
 from stepjax.rl.rewards import answer_format_reward
 from stepjax.train.config_check import ConfigError
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 def _config(variant: str):
-    sys.path.insert(0, str(REPO))
-    from configs.dpo import get_config
-
-    return get_config(variant)
+    return load_config("dpo", variant)
 
 
 def _run_cli(*args, timeout=600):
-    env = {
-        **os.environ,
-        "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
-        # The rerun compiles the same programs again: the tests' persistent compilation cache serves them.
-        "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir or "/tmp/stepjax_jax_cache",
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5",
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "recipes.run", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
-    )
+    return run_recipe(*args, timeout=timeout, compile_cache=True)
 
 
 def test_variants_validate():

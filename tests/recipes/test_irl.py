@@ -4,38 +4,22 @@ the all-algorithm smoke runs are slow-marked)."""
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from recipe_cli import load_config, run_recipe
 
 from recipes import irl
 from stepjax.train.config_check import ConfigError
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 def _config(variant: str):
-    sys.path.insert(0, str(REPO))
-    from configs.pdeil import get_config
-
-    return get_config(variant)
+    return load_config("pdeil", variant)
 
 
 def _run_cli(*args, timeout=600):
-    # Tiny programs: XLA's optimisation passes cost more than they save here (compile time halves at level 0).
-    env = {
-        **os.environ,
-        "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=1 --xla_backend_optimization_level=0",
-        "JAX_COMPILATION_CACHE_DIR": os.environ.get("STEPJAX_TEST_JAX_CACHE", "/tmp/stepjax_jax_cache"),
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5",
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "recipes.run", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
-    )
+    # Tiny programs: XLA's optimisation passes cost more than they save (compile time halves at level 0).
+    return run_recipe(*args, timeout=timeout, xla_flags="--xla_backend_optimization_level=0", compile_cache=True)
 
 
 def test_every_variant_validates():

@@ -5,28 +5,20 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from recipe_cli import REPO, load_config, run_recipe
 
 from recipes import lm_sft
 from stepjax.train.config_check import ConfigError
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 def _config(variant="tiny"):
-    sys.path.insert(0, str(REPO))
-    from configs.lm_sft import get_config
-
-    return get_config(variant)
+    return load_config("lm_sft", variant)
 
 
-def _run_cli(*args, timeout=600):  # a hang guard; loaded 2-core machines need minutes
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    return subprocess.run(
-        [sys.executable, "-m", "recipes.run", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
-    )
+def _run_cli(*args, timeout=600):
+    return run_recipe(*args, timeout=timeout, devices=2)
 
 
 def test_every_variant_validates():

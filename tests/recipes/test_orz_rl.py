@@ -7,30 +7,21 @@ plot) runs and logs finite metrics.
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from recipe_cli import load_config, run_recipe
 
 from recipes import orz_rl
 from stepjax.train.config_check import ConfigError
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 def _config(name: str, variant: str):
-    sys.path.insert(0, str(REPO))
-    module = __import__(f"configs.{name}", fromlist=["get_config"])
-    return module.get_config(variant)
+    return load_config(name, variant)
 
 
-def _run_cli(*args, timeout=900):  # a hang guard; loaded 2-core machines need minutes
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-    return subprocess.run(
-        [sys.executable, "-m", "recipes.run", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
-    )
+def _run_cli(*args, timeout=900):
+    return run_recipe(*args, timeout=timeout)
 
 
 def _records(path: Path) -> list[dict]:

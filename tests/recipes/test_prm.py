@@ -4,24 +4,16 @@ from the ``tiny`` variant, a README command)."""
 
 import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from recipe_cli import load_config, run_recipe
 
 from recipes import prm
 from stepjax.train.config_check import ConfigError
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 def _config(variant="tiny"):
-    sys.path.insert(0, str(REPO))
-    from configs.prm import get_config
-
-    return get_config(variant)
+    return load_config("prm", variant)
 
 
 def test_every_variant_validates():
@@ -56,15 +48,7 @@ def test_config_mistakes_are_named(change, message):
 
 
 def test_bad_override_exits_with_status_2(tmp_path):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "recipes.run", "--config", "configs/prm.py:test", "--config.eval.candidats=4"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,  # a hang guard for loaded machines
-    )
+    result = run_recipe("--config", "configs/prm.py:test", "--config.eval.candidats=4", timeout=600)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "config.eval.candidats" in result.stderr and not (tmp_path / "x").exists()
 
