@@ -30,7 +30,7 @@ setup: $(VENV)/.core-stamp
 setup-test: $(VENV)/.test-stamp
 
 demo: $(VENV)/.core-stamp
-	$(PY) -m recipes.run --config configs/lm_sft.py:tiny --workdir workdirs/lm_sft_demo_$$(date +%Y%m%d_%H%M%S)
+	$(PY) -m recipes.run --config configs/orz_ppo.py:tiny --workdir workdirs/orz_ppo_demo_$$(date +%Y%m%d_%H%M%S)
 
 test: $(VENV)/.test-stamp
 	$(PY) -m pytest -m "not slow" -n 2 --dist loadfile $(PYTEST_ARGS)

@@ -1,6 +1,6 @@
 """Supervised training of a small decoder LM on the synthetic arithmetic task (ORZ answer format).
 
-Run (the `make demo` job):
+Run (the warm-start stage of `make demo`, configs/orz_ppo.py, runs this recipe):
   python -m recipes.run --config configs/lm_sft.py:tiny --workdir workdirs/lm_sft_tiny
 
 Variants:

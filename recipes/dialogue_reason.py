@@ -80,6 +80,8 @@ def schema() -> ml_collections.ConfigDict:
         policy_learning_rate=1e-4,
         critic_learning_rate=1e-3,
         whiten_advantages=False,
+        lr_schedule="warmup_constant",  # the measured runs (README) used a constant rate after warm-up
+        end_lr_ratio=0.0,
     )
     config.rl = rl
     config.eval = dict(num_per_k=48, ks=(1, 2, 3, 4), every=50, sample=True)
@@ -382,7 +384,7 @@ def _run_one(config: ml_collections.ConfigDict, workdir: str) -> int:
     rules = normalize_rules(config.sharding.rules)
     r = config.rl
 
-    policy_tx, policy_schedule = orz_rl._optimizer(r.policy_learning_rate, config, r.iterations)
+    (policy_tx, policy_schedule), (ppo_critic_tx, _) = orz_rl.rl_optimizers(config)
     policy_graphdef, policy = create_train_state(
         lambda rngs: DecoderLM(model_cfg, rngs=rngs), policy_tx, seed=config.seed, mesh=mesh, rules=rules
     )
@@ -390,7 +392,7 @@ def _run_one(config: ml_collections.ConfigDict, workdir: str) -> int:
     critic_graphdef = critic_tx = None
     critic: Any = jnp.zeros((), jnp.int32)
     if r.algorithm == "ppo":
-        critic_tx, _ = orz_rl._optimizer(r.critic_learning_rate, config, r.iterations)
+        critic_tx = ppo_critic_tx
         critic_graphdef, critic = create_train_state(
             lambda rngs: ValueModel(DecoderLM(model_cfg, rngs=rngs), rngs=rngs),
             critic_tx,

@@ -36,7 +36,7 @@ def schema() -> ml_collections.ConfigDict:
     config.data = base.data
     config.data.update(wrong_step_fraction=0.3, carry_drop_fraction=0.8)
     config.warm_start = dict(
-        steps=500,  # SFT steps before RL
+        steps=1000,  # SFT steps before RL (500 left random copy slips that 300 PPO iterations did not clean up)
         batch_size=64,
         learning_rate=3e-3,
         warmup_steps=30,
@@ -65,7 +65,9 @@ def schema() -> ml_collections.ConfigDict:
         group_scale="group",
         policy_learning_rate=3e-4,
         critic_learning_rate=2e-3,
-        warmup_steps=10,
+        warmup_steps=10,  # optimizer steps
+        lr_schedule="warmup_cosine",  # or warmup_constant / warmup_linear; decays over all optimizer steps
+        end_lr_ratio=0.1,  # floor of a decaying schedule, as a fraction of the peak
         grad_clip_norm=1.0,
     )
     config.eval = dict(num_examples=200, every=50)
@@ -85,6 +87,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     )
     cc.check_choice(config, "config.rl.algorithm", ("ppo", "grpo"))
     cc.check_choice(config, "config.rl.group_scale", ("group", "batch", "none"))
+    cc.check_choice(config, "config.rl.lr_schedule", ("warmup_constant", "warmup_cosine", "warmup_linear"))
     cc.check_choice(config, "config.train.nonfinite", ("error", "skip"))
     cc.check_positive(
         config,
@@ -156,15 +159,28 @@ def _rl_config(config: ml_collections.ConfigDict):
     )
 
 
+def rl_optimizers(config: ml_collections.ConfigDict):
+    """``((policy_tx, policy_schedule), (critic_tx, critic_schedule))``. A schedule counts optimizer steps, so it
+    spans ``iterations x minibatches x epochs`` of its model (a decaying one reaches its floor at the last update)."""
+    r = config.rl
+    return (
+        _optimizer(r.policy_learning_rate, config, r.iterations * r.policy_minibatches * r.policy_epochs),
+        _optimizer(r.critic_learning_rate, config, r.iterations * r.critic_minibatches * r.critic_epochs),
+    )
+
+
 def _optimizer(learning_rate: float, config: ml_collections.ConfigDict, total: int):
+    """AdamW as ORZ runs it; ``total`` counts optimizer steps (iterations x mini-batches x epochs), which a decaying
+    ``rl.lr_schedule`` spans."""
     from stepjax.train import make_optimizer
 
     return make_optimizer(
         dict(
             name="adamw",
             learning_rate=learning_rate,
-            schedule="warmup_constant",
+            schedule=config.rl.lr_schedule,
             warmup_steps=config.rl.warmup_steps,
+            end_lr_ratio=config.rl.end_lr_ratio,
             b1=0.9,
             b2=0.95,  # ORZ
             weight_decay=0.0,
@@ -200,7 +216,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
     rules = normalize_rules(config.sharding.rules)
     r = config.rl
 
-    policy_tx, policy_schedule = _optimizer(r.policy_learning_rate, config, r.iterations)
+    (policy_tx, policy_schedule), (ppo_critic_tx, _) = rl_optimizers(config)
     policy_graphdef, policy = create_train_state(
         lambda rngs: DecoderLM(model_cfg, rngs=rngs), policy_tx, seed=config.seed, mesh=mesh, rules=rules
     )
@@ -208,7 +224,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
     critic_graphdef = critic_tx = None
     critic: Any = jnp.zeros((), jnp.int32)
     if r.algorithm == "ppo":
-        critic_tx, _ = _optimizer(r.critic_learning_rate, config, r.iterations)
+        critic_tx = ppo_critic_tx
         critic_graphdef, critic = create_train_state(
             lambda rngs: ValueModel(DecoderLM(model_cfg, rngs=rngs), rngs=rngs),
             critic_tx,

@@ -64,7 +64,8 @@ def test_cli_reports_bad_overrides_and_mesh(tmp_path):
 
 
 def test_demo_config_learns_arithmetic(tmp_path):
-    """The `make demo` job (tiny variant) sharded over the 8 fake devices (data=4, fsdp=2): accuracy >= 0.9."""
+    """The tiny SFT job (the recipe behind the demo's warm-start stage) sharded over the 8 fake devices (data=4,
+    fsdp=2): accuracy >= 0.9."""
     config = _config()
     config.mesh.shape.data = 4
     config.mesh.shape.fsdp = 2

@@ -1,6 +1,6 @@
 """The orz_rl recipe (configs orz_ppo and grpo): few-step end-to-end runs, resume, and named config errors.
 
-The learning thresholds (held-out accuracy ~0.3 -> >= 0.9 for PPO) are checked by the slow test at the bottom;
+The learning thresholds (held-out accuracy ~0.45 -> ~0.9 for PPO) are checked by the slow test at the bottom;
 the default run proves the whole pipeline (warm start, rollouts, rewards, advantages, updates, eval, checkpoints,
 plot) runs and logs finite metrics.
 """
@@ -48,6 +48,20 @@ def test_variants_validate(name):
         orz_rl.validate(_config(name, variant))
 
 
+def test_decaying_learning_rate_spans_every_optimizer_step():
+    """A schedule counts optimizer steps (iterations x mini-batches x epochs), not RL iterations: the cosine reaches
+    its floor at the last update, and is still near its peak a quarter of the way through."""
+    config = _config("orz_ppo", "tiny")
+    config.rl.update(iterations=40, policy_minibatches=4, policy_epochs=2, critic_minibatches=8, critic_epochs=1)
+    config.rl.update(lr_schedule="warmup_cosine", end_lr_ratio=0.1, warmup_steps=0)
+    (_, policy_lr), (_, critic_lr) = orz_rl.rl_optimizers(config)
+    peak, floor = config.rl.policy_learning_rate, 0.1 * config.rl.policy_learning_rate
+    assert float(policy_lr(40 * 4 * 2)) == pytest.approx(floor, rel=1e-5)
+    assert float(policy_lr(40)) > 0.9 * peak  # 1/8 of the updates: barely decayed
+    assert float(critic_lr(40 * 8)) == pytest.approx(0.1 * config.rl.critic_learning_rate, rel=1e-5)
+    assert float(critic_lr(160)) == pytest.approx(0.55 * config.rl.critic_learning_rate, rel=1e-3)  # midpoint
+
+
 def test_bad_rl_settings_are_named():
     config = _config("orz_ppo", "tiny")
     config.rl.critic_minibatches = 7
@@ -56,6 +70,10 @@ def test_bad_rl_settings_are_named():
     config = _config("orz_ppo", "tiny")
     config.rl.reward_fns = ("orz_math", "no_such_reward")
     with pytest.raises(ConfigError, match=r"config\.rl\.reward_fns.*no_such_reward"):
+        orz_rl.validate(config)
+    config = _config("orz_ppo", "tiny")
+    config.rl.lr_schedule = "step_decay"
+    with pytest.raises(ConfigError, match=r"config\.rl\.lr_schedule"):
         orz_rl.validate(config)
     config = _config("orz_ppo", "tiny")
     config.rl.algorithm = "reinforce"
@@ -90,13 +108,14 @@ def test_few_step_run_end_to_end_and_resume(tmp_path, name):
 
 @pytest.mark.slow
 def test_tiny_ppo_learns(tmp_path):
-    """The tiny ORZ run: held-out accuracy (T=1) ~0.38 -> ~0.85 and greedy ~0.54 -> ~0.9 measured (2026-11-30);
-    the issue's goal is >= 0.9 at T=1, which this run reaches at its peak (0.905) but not reliably at the end, so the
-    thresholds here are what it does reliably, not the goal."""
+    """The tiny ORZ run (the `make demo` job): held-out accuracy (T=1) 0.435 -> 0.905 measured for this seed
+    (2026-12-01; seeds 1, 2: 0.51 -> 0.935, 0.45 -> 0.925). The final threshold sits one standard error of the
+    200-prompt estimate (~0.02) below the goal of 0.9, so that a numerically different machine does not fail a run
+    that learned; the greedy check is what RL must fix (the dropped-carry habit of the warm start)."""
     result = _run_cli("--config", "configs/orz_ppo.py:tiny", "--workdir", str(tmp_path / "run"), timeout=1500)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     first, last = summary["rl/first_eval"], summary["rl/final_eval"]
     assert first["eval/accuracy"] < 0.5
-    assert last["eval/accuracy"] >= 0.8 and last["eval/format_rate"] >= 0.95
+    assert last["eval/accuracy"] >= 0.88 and last["eval/format_rate"] >= 0.95
     assert last["eval/greedy_accuracy"] >= first["eval/greedy_accuracy"] + 0.25  # RL unlearns the dropped carry
