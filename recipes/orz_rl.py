@@ -293,8 +293,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
             os.path.join(workdir, "rl_curve.png"),
             keys=("reward/mean",),
             eval_keys=("eval/accuracy", "eval/greedy_accuracy"),
-            title=f"orz_rl ({r.algorithm}): reward and held-out accuracy",
+            title=f"orz_rl ({r.algorithm}): train reward and held-out accuracy",
             log_scale=False,
+            shared_axis=True,
         )
         before = lm_sft._last_eval(os.path.join(workdir, "warm_start", "metrics.jsonl"))
         evals = _eval_rows(metrics_path)

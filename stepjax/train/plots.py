@@ -1,4 +1,5 @@
-"""Training curves from ``metrics.jsonl``: loss lines on the left axis, eval points on a twin right axis."""
+"""Training curves from ``metrics.jsonl``: loss lines on the left axis, eval points on a twin right axis (or on the
+same axis, for quantities on one scale such as a reward and an accuracy)."""
 
 from __future__ import annotations
 
@@ -17,8 +18,12 @@ def plot_metrics(
     *,
     title: str | None = None,
     log_scale: bool | None = None,
+    shared_axis: bool = False,
 ) -> Path:
     """Draws ``keys`` as lines over steps and ``eval_keys`` as marked points on a twin axis; writes ``out_png``.
+
+    ``shared_axis`` draws the eval points on the lines' own axis instead (a train reward and a held-out accuracy
+    read against one scale; two independently scaled axes would make a gap between them look like an overlap).
 
     Keys absent from the file are left out (a run without evals still plots its loss); if none of the requested keys
     has a value, ``ValueError`` names the keys the file does have. ``log_scale`` (default: when the positive values
@@ -52,14 +57,15 @@ def plot_metrics(
     ax.set_ylabel(", ".join(train) if train else "")
     ax.grid(alpha=0.3)
     if evals:
-        ax2 = ax.twinx() if train else ax
+        ax2 = ax.twinx() if train and not shared_axis else ax
         colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
         for i, (k, points) in enumerate(evals.items()):
             steps, values = zip(*points, strict=True)
             color = colors[(len(train) + i) % len(colors)]
             handles += ax2.plot(steps, values, "o--", label=k, color=color, markersize=4, linewidth=0.8)
-        ax2.set_ylabel(", ".join(evals))
-        if all(0.0 <= v <= 1.0 for points in evals.values() for _, v in points):
+        ax2.set_ylabel(", ".join([*train, *evals]) if ax2 is ax else ", ".join(evals))
+        shown = [*evals.values(), *(train.values() if ax2 is ax else ())]
+        if all(0.0 <= v <= 1.0 for points in shown for _, v in points):
             ax2.set_ylim(-0.02, 1.02)  # accuracies and rates: show the whole range
     ax.legend(handles=handles, labels=[h.get_label() for h in handles], loc="best")
     if title:

@@ -47,3 +47,25 @@ def test_plot_without_eval_keys_and_with_missing_keys(tmp_path):
     assert plot_metrics(jsonl, tmp_path / "a.png").exists()  # no eval/accuracy in the file: loss only
     with pytest.raises(ValueError, match=r"its keys: \['loss', 'lr'\]"):
         plot_metrics(jsonl, tmp_path / "b.png", keys=("mse",), eval_keys=())
+
+
+def test_shared_axis_puts_eval_points_on_the_lines_axis(tmp_path, monkeypatch):
+    """A reward and an accuracy on one 0..1 scale: one axes holds every line; by default the evals get a twin."""
+    jsonl = tmp_path / "metrics.jsonl"
+    records = [{"step": s, "reward/mean": 0.8 + s / 100} for s in range(1, 11)]
+    records += [{"step": s, "eval/accuracy": s / 20} for s in (5, 10)]
+    _write(jsonl, records)
+    axes_of = {}
+    original = matplotlib.axes.Axes.plot
+
+    def spy(self, *args, **kwargs):
+        lines = original(self, *args, **kwargs)
+        axes_of.update({ln.get_label(): self for ln in lines})
+        return lines
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", spy)
+    plot_metrics(jsonl, tmp_path / "shared.png", keys=("reward/mean",), shared_axis=True)
+    shared = axes_of["reward/mean"]
+    assert axes_of["eval/accuracy"] is shared and shared.get_ylim() == (-0.02, 1.02)
+    plot_metrics(jsonl, tmp_path / "twin.png", keys=("reward/mean",))
+    assert axes_of["eval/accuracy"] is not axes_of["reward/mean"]
