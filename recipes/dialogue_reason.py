@@ -360,16 +360,12 @@ def _run_one(config: ml_collections.ConfigDict, workdir: str) -> int:
     import time
 
     import jax
-    import jax.numpy as jnp
 
     from stepjax.data.compound_qa import CompoundPromptIterator, length_budget
-    from stepjax.models.llm import DecoderLM
     from stepjax.rl import compound_rewards  # noqa: F401  (registers the compound rewards)
-    from stepjax.rl.trainer import RLState, make_rl_step
-    from stepjax.rl.value_head import ValueModel
+    from stepjax.rl.trainer import make_rl_step
     from stepjax.sampling import SamplingConfig
-    from stepjax.sharding import make_mesh, normalize_rules
-    from stepjax.train import NonFiniteLossError, Preempted, create_train_state, plot_metrics
+    from stepjax.train import NonFiniteLossError, Preempted, plot_metrics
 
     started = time.time()
     try:
@@ -380,35 +376,9 @@ def _run_one(config: ml_collections.ConfigDict, workdir: str) -> int:
         return status
     tokenizer = lm_sft._tokenizer(config)
     model_cfg = lm_sft.model_config(config, tokenizer.vocab_size)
-    mesh = make_mesh(config.mesh.shape.to_dict())
-    rules = normalize_rules(config.sharding.rules)
     r = config.rl
-
-    (policy_tx, policy_schedule), (ppo_critic_tx, _) = orz_rl.rl_optimizers(config)
-    policy_graphdef, policy = create_train_state(
-        lambda rngs: DecoderLM(model_cfg, rngs=rngs), policy_tx, seed=config.seed, mesh=mesh, rules=rules
-    )
-    policy = policy.replace(params=sft_state.params, opt_state=policy_tx.init(sft_state.params))
-    critic_graphdef = critic_tx = None
-    critic: Any = jnp.zeros((), jnp.int32)
-    if r.algorithm == "ppo":
-        critic_tx = ppo_critic_tx
-        critic_graphdef, critic = create_train_state(
-            lambda rngs: ValueModel(DecoderLM(model_cfg, rngs=rngs), rngs=rngs),
-            critic_tx,
-            seed=config.seed + 1,
-            mesh=mesh,
-            rules=rules,
-        )
-        params = critic.params
-        params["trunk"] = jax.tree.map(jnp.copy, sft_state.params)  # ORZ: the critic starts from the policy's base
-        critic = critic.replace(params=params, opt_state=critic_tx.init(params))
-    state = RLState(
-        step=jnp.zeros((), jnp.int32),
-        policy=policy,
-        critic=critic,
-        rng=jax.random.key_data(jax.random.key(config.seed + 2)),
-    )
+    setup = orz_rl.init_rl(config, model_cfg, sft_state.params)
+    state, policy_graphdef = setup.state, setup.policy_graphdef
     max_new = length_budget(_k_max(config), *_budget(config))
     sampling = SamplingConfig(
         max_new_tokens=max_new,
@@ -428,10 +398,10 @@ def _run_one(config: ml_collections.ConfigDict, workdir: str) -> int:
         sampling,
         tokenizer,
         policy_graphdef,
-        policy_tx,
-        critic_graphdef=critic_graphdef,
-        critic_tx=critic_tx,
-        policy_schedule=policy_schedule,
+        setup.policy_tx,
+        critic_graphdef=setup.critic_graphdef,
+        critic_tx=setup.critic_tx,
+        policy_schedule=setup.policy_schedule,
     )
     prompts = CompoundPromptIterator(
         _records(config, "train", config.data.num_train),

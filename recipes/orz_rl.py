@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 import ml_collections
 
@@ -190,40 +190,40 @@ def _optimizer(learning_rate: float, config: ml_collections.ConfigDict, total: i
     )
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> int:
-    """Warm start, RL, plots; returns the process exit status."""
+class RLSetup(NamedTuple):
+    """What ``init_rl`` builds: the initial ``RLState`` and what ``make_rl_step`` needs beside it."""
+
+    state: Any  # stepjax.rl.trainer.RLState
+    policy_graphdef: Any
+    policy_tx: Any
+    policy_schedule: Any
+    critic_graphdef: Any  # None for GRPO
+    critic_tx: Any  # None for GRPO
+
+
+def init_rl(config: ml_collections.ConfigDict, model_cfg: Any, warm_params: Any) -> RLSetup:
+    """The policy from the warm-start weights ``warm_params`` and, for PPO, a critic (decoder trunk + scalar head)
+    whose trunk starts from the same weights, as ORZ does; fresh optimizer states (``rl_optimizers``); the RL PRNG
+    key from ``config.seed``. Shared by the recipes that run ``make_rl_step`` after a warm start."""
     import jax
     import jax.numpy as jnp
-    import numpy as np
 
     from stepjax.models.llm import DecoderLM
-    from stepjax.rl.rollout import PromptIterator
-    from stepjax.rl.trainer import RLState, make_rl_step
+    from stepjax.rl.trainer import RLState
     from stepjax.rl.value_head import ValueModel
-    from stepjax.sampling import SamplingConfig
     from stepjax.sharding import make_mesh, normalize_rules
-    from stepjax.train import NonFiniteLossError, Preempted, create_train_state, plot_metrics
+    from stepjax.train import create_train_state
 
-    try:
-        status, _, sft_state = lm_sft.train(_warm_start_config(config), os.path.join(workdir, "warm_start"))
-    except Preempted:
-        return 0
-    if status:
-        return status
-    tokenizer = lm_sft._tokenizer(config)
-    model_cfg = lm_sft.model_config(config, tokenizer.vocab_size)
     mesh = make_mesh(config.mesh.shape.to_dict())
     rules = normalize_rules(config.sharding.rules)
-    r = config.rl
-
     (policy_tx, policy_schedule), (ppo_critic_tx, _) = rl_optimizers(config)
     policy_graphdef, policy = create_train_state(
         lambda rngs: DecoderLM(model_cfg, rngs=rngs), policy_tx, seed=config.seed, mesh=mesh, rules=rules
     )
-    policy = policy.replace(params=sft_state.params, opt_state=policy_tx.init(sft_state.params))
+    policy = policy.replace(params=warm_params, opt_state=policy_tx.init(warm_params))
     critic_graphdef = critic_tx = None
     critic: Any = jnp.zeros((), jnp.int32)
-    if r.algorithm == "ppo":
+    if config.rl.algorithm == "ppo":
         critic_tx = ppo_critic_tx
         critic_graphdef, critic = create_train_state(
             lambda rngs: ValueModel(DecoderLM(model_cfg, rngs=rngs), rngs=rngs),
@@ -233,7 +233,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
             rules=rules,
         )
         params = critic.params
-        params["trunk"] = jax.tree.map(jnp.copy, sft_state.params)  # ORZ: the critic starts from the policy's base
+        params["trunk"] = jax.tree.map(jnp.copy, warm_params)
         critic = critic.replace(params=params, opt_state=critic_tx.init(params))
     state = RLState(
         step=jnp.zeros((), jnp.int32),
@@ -241,6 +241,30 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
         critic=critic,
         rng=jax.random.key_data(jax.random.key(config.seed + 2)),
     )
+    return RLSetup(state, policy_graphdef, policy_tx, policy_schedule, critic_graphdef, critic_tx)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> int:
+    """Warm start, RL, plots; returns the process exit status."""
+    import jax
+    import numpy as np
+
+    from stepjax.rl.rollout import PromptIterator
+    from stepjax.rl.trainer import make_rl_step
+    from stepjax.sampling import SamplingConfig
+    from stepjax.train import NonFiniteLossError, Preempted, plot_metrics
+
+    try:
+        status, _, sft_state = lm_sft.train(_warm_start_config(config), os.path.join(workdir, "warm_start"))
+    except Preempted:
+        return 0
+    if status:
+        return status
+    tokenizer = lm_sft._tokenizer(config)
+    model_cfg = lm_sft.model_config(config, tokenizer.vocab_size)
+    r = config.rl
+    setup = init_rl(config, model_cfg, sft_state.params)
+    state, policy_graphdef = setup.state, setup.policy_graphdef
 
     sampling = SamplingConfig(
         max_new_tokens=r.max_new_tokens,
@@ -254,10 +278,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
         sampling,
         tokenizer,
         policy_graphdef,
-        policy_tx,
-        critic_graphdef=critic_graphdef,
-        critic_tx=critic_tx,
-        policy_schedule=policy_schedule,
+        setup.policy_tx,
+        critic_graphdef=setup.critic_graphdef,
+        critic_tx=setup.critic_tx,
+        policy_schedule=setup.policy_schedule,
     )
     train_records = list(lm_sft._records(config, "train", config.data.num_train))
     eval_source = lm_sft._records(config, "test", config.eval.num_examples)
