@@ -30,6 +30,13 @@ Variants:
          (BCPG) / 0.050 (NSA 0.5) at lr 1e-4, 0.093 / 0.198 at lr 1e-5. Wall time (2 cores shared with other
          jobs): SFT 7 min, dataset 1 min, a 300-step method run about 4 min alone (150-step runs took 1.8-2.3 min;
          the 3-seed table ran as three processes side by side, 4-10 min per run).
+         A systematic-habit pi_ref does not change the ordering either (2026-12-01; --config.data.error_prob=0.05
+         --config.data.habit_prob=0.6 '--config.train.seeds=(0,1,2)': pi_ref drops the tens of a term >= 10 in 54 %
+         of such additions; T=1 0.350 / 0.306 / 0.291): RFT 0.506 +- 0.011, BCPG 0.470 +- 0.011, NSA beta 0.5
+         0.485 +- 0.007, NSA beta -0.5 0.500 +- 0.011; NSA >= BCPG on every seed, BCPG < RFT on every seed, NSA -0.5
+         best on seed 0 (0.496 vs RFT 0.491) and RFT on seeds 1, 2. Positives carry the habit too (45 % of their
+         eligible additions, corrected by a later "wait" step), so RFT also learns from them; NSA -0.5 lowers the
+         habit rate most (0.54 -> 0.41).
   test   the same pipeline in about a minute and a half (CI end-to-end test): a 120-step pi_ref, samples ranked by
          the answer-format reward, 2 training steps per method, 2 offline iterations.
 

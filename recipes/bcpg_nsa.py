@@ -3,8 +3,9 @@ Gems from Stones", llm-rl.md §4) — on synthetic long chains of thought ``a₁
 
 Stage 1 (``warm_start``): ``pi_ref`` is the ``lm_sft`` recipe on scripted chains (``stepjax.data.long_cot``: each
 addition wrong with probability ``data.error_prob``; after an error, a ``wait, ...`` recomputation with probability
-``data.cessation_prob`` (error cessation), else the chain continues on the wrong value (error propagation)), in
-``<workdir>/warm_start``; its data in ``sft_train.jsonl``.
+``data.cessation_prob`` (error cessation), else the chain continues on the wrong value (error propagation); optionally
+a systematic habit, ``data.habit_prob``: at a term >= 10 the step drops its tens), in ``<workdir>/warm_start``; its data
+in ``sft_train.jsonl``.
 Stage 2 (``offline``): ``offline.samples_per_prompt`` (G) temperature-``offline.temperature`` samples of ``pi_ref``
 for ``offline.num_questions`` train questions, scored by their answer; each negative is split into its steps, judged
 by the programmatic EP/EC judge, and labelled ``I = AND`` of ``len(offline.judge_flip_probs)`` simulated judges
@@ -54,6 +55,7 @@ def schema() -> ml_collections.ConfigDict:
         cessation_prob=0.5,  # after an own error: a "wait, ..." recomputation (else the error propagates)
         late_cessation_prob=0.0,  # after a propagated step
         restart_prob=0.0,  # a reflection written as a restart from scratch
+        habit_prob=0.0,  # systematic habit: at a term >= 10, drop its tens with this probability (an own error)
         separator="\n",
         num_sft_chains=20_000,
         seq_len=160,
@@ -127,7 +129,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise cc.ConfigError(
             f"'config.data.min_terms' ({d.min_terms}) and 'max_terms' ({d.max_terms}): need 2 <= min_terms <= max_terms"
         )
-    for key in ("error_prob", "cessation_prob", "late_cessation_prob", "restart_prob"):
+    for key in ("error_prob", "cessation_prob", "late_cessation_prob", "restart_prob", "habit_prob"):
         if not 0.0 <= d[key] <= 1.0:
             raise cc.ConfigError(f"'config.data.{key}' must be in [0, 1], got {d[key]}")
     if not d.separator:

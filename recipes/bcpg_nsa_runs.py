@@ -79,6 +79,7 @@ def write_sft_data(config: ml_collections.ConfigDict, workdir: str, held_out: li
                     cessation_prob=d.cessation_prob,
                     late_cessation_prob=d.late_cessation_prob,
                     restart_prob=d.restart_prob,
+                    habit_prob=d.habit_prob,
                 )
                 kinds[chain.kind] = kinds.get(chain.kind, 0) + 1
                 f.write(json.dumps(chain_record(numbers, chain, d.separator)) + "\n")

@@ -15,6 +15,11 @@ propagation**: later additions are locally correct but build on the error); afte
 reflect late with probability ``late_cessation_prob`` (the paper's "K wrong, K+1 builds on it, K+2 corrects").
 A fraction ``restart_prob`` of reflections are written as a restart. Reflections are always correct.
 
+Optionally the policy also has a **systematic habit** (``habit_prob``, off by default): at an addition whose term is
+``>= 10`` it drops the term's tens with probability ``habit_prob`` (writes ``R+a=R+(a mod 10)``), the same wrong rule
+every time it fires; such a step is an own error exactly like a random slip (same cessation/propagation rules). The
+habit is skipped where it would land on the true partial sum; where it does not fire, the random slip may.
+
 ``judge_steps`` re-derives the per-step flags from the text alone (also for free text written by a tiny LM: a step it
 cannot read gets ``parse_ok=False``); on rendered chains it recovers the generator's flags exactly.
 """
@@ -149,6 +154,7 @@ def next_step(
     cessation_prob: float,
     late_cessation_prob: float = 0.0,
     restart_prob: float = 0.0,
+    habit_prob: float = 0.0,
 ) -> tuple[Step, GeneratorState] | None:
     """One step of the scripted policy from ``state``, or None when the chain is finished."""
     true_now = sum(numbers[: state.consumed])
@@ -167,9 +173,14 @@ def next_step(
     term = int(numbers[state.consumed])
     value = state.running + term
     true_next = true_now + term
-    own_error = bool(rng.random() < error_prob)
-    if own_error:
-        value = _wrong_value(rng, value, true_next)
+    # The habit draws from rng only when it can fire, so habit_prob = 0 leaves every existing chain unchanged.
+    habit_value = state.running + term % 10
+    if habit_prob and term >= 10 and habit_value != true_next and rng.random() < habit_prob:
+        own_error, value = True, habit_value
+    else:
+        own_error = bool(rng.random() < error_prob)
+        if own_error:
+            value = _wrong_value(rng, value, true_next)
     builds = state.running != true_now
     step = Step(f"{state.running}+{term}={value}", own_error=own_error, builds_on_error=builds, corrects=False)
     new_state = GeneratorState(
@@ -186,6 +197,7 @@ def sample_chain(
     cessation_prob: float,
     late_cessation_prob: float = 0.0,
     restart_prob: float = 0.0,
+    habit_prob: float = 0.0,
 ) -> Chain:
     """One chain of the scripted policy for ``numbers`` (see the module docstring for the rules)."""
     for name, p in (
@@ -193,6 +205,7 @@ def sample_chain(
         ("cessation_prob", cessation_prob),
         ("late_cessation_prob", late_cessation_prob),
         ("restart_prob", restart_prob),
+        ("habit_prob", habit_prob),
     ):
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {p}")
@@ -209,6 +222,7 @@ def sample_chain(
             cessation_prob=cessation_prob,
             late_cessation_prob=late_cessation_prob,
             restart_prob=restart_prob,
+            habit_prob=habit_prob,
         )
     ) is not None:
         step, state = out

@@ -49,6 +49,7 @@ def test_variants_validate_and_plan_runs():
         ("offline.reward_fns", ("nope",), r"config\.offline\.reward_fns.*unknown reward 'nope'"),
         ("offline.max_new_tokens", 600, r"exceeds 'config\.model\.max_seq_len'"),
         ("data.error_prob", 1.5, r"config\.data\.error_prob' must be in \[0, 1\]"),
+        ("data.habit_prob", -0.1, r"config\.data\.habit_prob' must be in \[0, 1\]"),
         ("data.max_terms", 2, r"config\.data\.min_terms.*max_terms"),
         ("policy.tau", -1.0, r"config\.policy\.tau' must be >= 0"),
         ("train.seeds", (), r"config\.train\.seeds' is empty"),
