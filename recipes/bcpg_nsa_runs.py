@@ -98,14 +98,17 @@ def offline_dataset(config, path: str, graphdef, reference, tokenizer, prompts: 
     sampled from ``reference = (params, extra)``, labelled and written (with ``path + '.meta.json'``)."""
     import jax
 
-    from recipes.dpo import _fingerprint
+    from recipes.stage import params_fingerprint
     from stepjax.rl.offline import ConsensusStepLabeller, sample_offline_records
     from stepjax.rl.offline_data import dataset_stats, read_offline_records, write_offline_records
     from stepjax.sampling import SamplingConfig
 
     o = config.offline
     meta_path = path + ".meta.json"
-    meta = {"reference": _fingerprint(reference[0]), "questions": [p["question"] for p in prompts[:3]] + [len(prompts)]}
+    meta = {
+        "reference": params_fingerprint(reference[0]),
+        "questions": [p["question"] for p in prompts[:3]] + [len(prompts)],
+    }
     meta.update({k: o[k] for k in ("samples_per_prompt", "temperature", "max_new_tokens", "prompt_width")})
     meta.update(reward_fns=list(o.reward_fns), judge_flip_probs=list(o.judge_flip_probs), salt=salt)
     if os.path.isfile(path) and os.path.isfile(meta_path):

@@ -30,7 +30,7 @@ from typing import Any
 import ml_collections
 
 from recipes import lm_sft, orz_rl
-from recipes.stage import run_stage, warmup_adamw
+from recipes.stage import params_fingerprint, run_stage, warmup_adamw
 from stepjax.train import config_check as cc
 from stepjax.train import defaults
 
@@ -481,21 +481,6 @@ def _batched_sums(sums_fn, model_state, rows: dict, indices, batch_size: int = 2
     return np.concatenate(chosen), np.concatenate(rejected)
 
 
-def _fingerprint(params) -> str:
-    """A short hash of the weights (per-leaf sum and sum of squares), stored with the reference cache: a cache made
-    with other weights (e.g. after changing the warm start) is discarded and recomputed."""
-    import hashlib
-
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-
-    leaves = jax.tree.leaves(params)
-    f32 = [x.astype(jnp.float32) for x in leaves]
-    stats = jax.device_get([(jnp.sum(x), jnp.sum(jnp.square(x))) for x in f32])
-    return hashlib.sha256(np.asarray(stats, np.float64).tobytes()).hexdigest()[:16]
-
-
 def _reference_sums(workdir: str, sums_fn, reference, rows, keys, eval_rows, eval_keys):
     """Reference sums for train then held-out pairs (``[P_train + P_eval]`` each), through the on-disk cache."""
     import time
@@ -513,7 +498,7 @@ def _reference_sums(workdir: str, sums_fn, reference, rows, keys, eval_rows, eva
 
     t0 = time.perf_counter()
     path = os.path.join(workdir, "reference_logps.npz")
-    meta = {"reference": _fingerprint(reference[0])}
+    meta = {"reference": params_fingerprint(reference[0])}
     if os.path.isfile(path):
         try:
             ReferenceCache.load(path, expect_meta=meta)

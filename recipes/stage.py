@@ -88,3 +88,19 @@ def warmup_adamw(section):
         ),
         section.steps,
     )
+
+
+def params_fingerprint(params) -> str:
+    """A short hash of the weights (per-leaf sum and sum of squares), stored with the reference cache: a cache made
+    with other weights (e.g. after changing the warm start) is discarded and recomputed. Per-leaf statistics: a
+    permutation of values within one leaf is not detected (training never produces one)."""
+    import hashlib
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    leaves = jax.tree.leaves(params)
+    f32 = [x.astype(jnp.float32) for x in leaves]
+    stats = jax.device_get([(jnp.sum(x), jnp.sum(jnp.square(x))) for x in f32])
+    return hashlib.sha256(np.asarray(stats, np.float64).tobytes()).hexdigest()[:16]
