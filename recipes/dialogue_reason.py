@@ -27,7 +27,7 @@ from typing import Any
 import ml_collections
 
 from recipes import lm_sft, orz_rl
-from recipes.stage import run_stage
+from recipes.stage import run_stage, stage_outcome
 from stepjax.train import config_check as cc
 from stepjax.train import defaults
 
@@ -365,7 +365,7 @@ def _run_one(config: ml_collections.ConfigDict, workdir: str) -> int:
     from stepjax.rl import compound_rewards  # noqa: F401  (registers the compound rewards)
     from stepjax.rl.trainer import make_rl_step
     from stepjax.sampling import SamplingConfig
-    from stepjax.train import NonFiniteLossError, Preempted, plot_metrics
+    from stepjax.train import Preempted, plot_metrics
 
     started = time.time()
     try:
@@ -418,8 +418,8 @@ def _run_one(config: ml_collections.ConfigDict, workdir: str) -> int:
         f"{r.prompts_per_iteration} prompts x {r.samples_per_prompt} samples, <= {max_new} new tokens; "
         f"workdir {workdir}"
     )
-    try:
-        state = run_stage(
+    status, state = stage_outcome(
+        lambda: run_stage(
             config,
             state,
             rl_step,
@@ -429,12 +429,9 @@ def _run_one(config: ml_collections.ConfigDict, workdir: str) -> int:
             eval_fn=eval_fn,
             first_eval=lambda: eval_fn(state, 0),
         )
-    except Preempted as stop:
-        print(str(stop))
-        return 0
-    except NonFiniteLossError as err:
-        print(f"error: {err}")
-        return 3
+    )
+    if state is None:
+        return status
     if jax.process_index() == 0:
         from recipes import dialogue_reason_report
 

@@ -30,7 +30,7 @@ from typing import Any
 import ml_collections
 
 from recipes import lm_sft, orz_rl
-from recipes.stage import params_fingerprint, run_stage, warmup_adamw
+from recipes.stage import params_fingerprint, run_stage, stage_outcome, warmup_adamw
 from stepjax.train import config_check as cc
 from stepjax.train import defaults
 
@@ -190,7 +190,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
     from stepjax.sharding import make_mesh, normalize_rules, shard_batch, use_rules
     from stepjax.sharding.batch import batch_sharding
     from stepjax.train import (
-        NonFiniteLossError,
         Preempted,
         create_train_state,
         jit_train_step,
@@ -269,8 +268,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
         f"workdir {workdir}"
     )
     dpo_dir = os.path.join(workdir, "dpo")
-    try:
-        state = run_stage(
+    status, state = stage_outcome(
+        lambda: run_stage(
             config,
             state,
             step_fn,
@@ -281,12 +280,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
             first_eval=lambda: eval_fn(state, 0),
             put_batch=lambda b: shard_batch(b, mesh, rules),
         )
-    except Preempted as stop:
-        print(str(stop))
-        return 0
-    except NonFiniteLossError as err:
-        print(f"error: {err}")
-        return 3
+    )
+    if state is None:
+        return status
     if jax.process_index() == 0:
         _finish(config, workdir, dpo_dir, int(jax.device_get(state.step)), len(pairs))
     return 0

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import ml_collections
 
 from recipes import lm_sft
-from recipes.stage import run_stage
+from recipes.stage import run_stage, stage_outcome
 from stepjax.train import config_check as cc
 from stepjax.train import defaults
 
@@ -252,7 +252,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
     from stepjax.rl.rollout import PromptIterator
     from stepjax.rl.trainer import make_rl_step
     from stepjax.sampling import SamplingConfig
-    from stepjax.train import NonFiniteLossError, Preempted, plot_metrics
+    from stepjax.train import Preempted, plot_metrics
 
     try:
         status, _, sft_state = lm_sft.train(_warm_start_config(config), os.path.join(workdir, "warm_start"))
@@ -293,8 +293,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
         f"{r.samples_per_prompt} samples; held-out {len(eval_records)} prompts; workdir {workdir}"
     )
     rl_dir = os.path.join(workdir, "rl")
-    try:
-        state = run_stage(
+    status, state = stage_outcome(
+        lambda: run_stage(
             config,
             state,
             rl_step,
@@ -304,12 +304,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
             eval_fn=eval_fn,
             first_eval=lambda: eval_fn(state, 0),
         )
-    except Preempted as stop:
-        print(str(stop))
-        return 0
-    except NonFiniteLossError as err:
-        print(f"error: {err}")
-        return 3
+    )
+    if state is None:
+        return status
     if jax.process_index() == 0:
         metrics_path = os.path.join(rl_dir, "metrics.jsonl")
         png = plot_metrics(

@@ -67,6 +67,22 @@ def run_stage(
     )
 
 
+def stage_outcome(train: Callable[[], Any]) -> tuple[int, Any]:
+    """Runs ``train()`` (e.g. a ``run_stage`` call) and maps how it stopped to the recipe's exit status:
+    ``(0, result)`` when it finished; ``(0, None)`` on SIGTERM (checkpoint saved; its message printed);
+    ``(3, None)`` on a non-finite loss (the error printed). Callers return the status when the result is None."""
+    from stepjax.train import NonFiniteLossError, Preempted
+
+    try:
+        return 0, train()
+    except Preempted as stop:
+        print(str(stop))
+        return 0, None
+    except NonFiniteLossError as err:
+        print(f"error: {err}")
+        return 3, None
+
+
 def warmup_adamw(section):
     """AdamW (betas 0.9/0.95, no weight decay) with linear warm-up to a constant rate, as the offline stages use.
 

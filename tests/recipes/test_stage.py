@@ -13,3 +13,21 @@ def test_fingerprint_follows_the_weights():
     nudged = {"a": params["a"].copy(), "b": {"c": params["b"]["c"].copy()}}
     nudged["b"]["c"][2] += 1e-3
     assert params_fingerprint(nudged) != params_fingerprint(params)
+
+
+def test_stage_outcome_maps_how_a_stage_stopped_to_the_exit_status(capsys):
+    from recipes.stage import stage_outcome
+    from stepjax.train import NonFiniteLossError, Preempted
+
+    assert stage_outcome(lambda: "state") == (0, "state")
+
+    def preempted():
+        raise Preempted(7, "/ckpt", "SIGTERM")
+
+    def nan():
+        raise NonFiniteLossError(3, {"loss": float("nan")})
+
+    assert stage_outcome(preempted) == (0, None)
+    assert "preempted by SIGTERM at step 7" in capsys.readouterr().out
+    assert stage_outcome(nan) == (3, None)
+    assert capsys.readouterr().out.startswith("error: non-finite loss or gradients at step 3")
