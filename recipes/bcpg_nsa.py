@@ -18,10 +18,11 @@ Stage 3: from ``pi_ref`` and that one dataset, each of ``methods`` trains for ev
 trains again (``iter<k>/`` subfolders).
 
 Scores (held-out questions, before training and at the end): ``eval/accuracy`` (mean answer reward of
-``eval.samples_per_prompt`` T=1 samples per question), ``eval/greedy_accuracy``, ``eval/format_rate``, and on the
-dataset's negatives the mean per-token log-likelihood of judge-accepted correct steps (``eval/correct_step_logp``),
-of truly correct steps and of wrong steps. Outputs: ``summary.json`` (per run and mean/std over seeds),
-``bcpg_nsa.png``. A rerun with the same workdir reuses every finished stage.
+``eval.samples_per_prompt`` samples per question at temperature ``eval.temperature``, default 1),
+``eval/greedy_accuracy``, ``eval/format_rate``, and on the dataset's negatives the mean per-token log-likelihood of
+judge-accepted correct steps (``eval/correct_step_logp``), of truly correct steps and of wrong steps. Outputs:
+``summary.json`` (per run and mean/std over seeds), ``bcpg_nsa.png``. A rerun with the same workdir reuses every
+finished stage.
 """
 
 from __future__ import annotations
@@ -85,7 +86,8 @@ def schema() -> ml_collections.ConfigDict:
         aggregation="sequence_mean",
     )
     config.rft = dict(steps=150, batch_size=64, learning_rate=1e-4, warmup_steps=10, grad_clip_norm=1.0)
-    config.eval = dict(num_examples=200, samples_per_prompt=4, every=0)  # every 0: before and after training only
+    # every 0: before and after training only
+    config.eval = dict(num_examples=200, samples_per_prompt=4, temperature=1.0, every=0)
     config.train = dict(seeds=(0,), log_every=25, nonfinite="error")
     config.checkpoint = defaults.checkpoint_section()
     config.checkpoint.every = 0
@@ -123,7 +125,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
         "config.eval.num_examples",
         "config.eval.samples_per_prompt",
     )
-    cc.check_positive(config, "config.offline.temperature", "config.policy.tau", "config.eval.every", allow_zero=True)
+    cc.check_positive(
+        config,
+        "config.offline.temperature",
+        "config.eval.temperature",
+        "config.policy.tau",
+        "config.eval.every",
+        allow_zero=True,
+    )
     d = config.data
     if not 2 <= d.min_terms <= d.max_terms:
         raise cc.ConfigError(
@@ -275,14 +284,22 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
 def _reference_eval(config, workdir, graphdef, tokenizer, held_out, analysis, logp_fn, sft_state, seed):
     """The held-out scores of ``pi_ref`` (every run's step 0), cached in ``<workdir>/reference_eval_s<seed>.json``."""
     from recipes import bcpg_nsa_runs as parts
+    from recipes.stage import params_fingerprint
 
     path = os.path.join(workdir, f"reference_eval_s{seed}.json")
+    # The cache is valid only for the same pi_ref weights and eval settings (a rerun may change eval.temperature).
+    evaluation = {k: v for k, v in config.eval.to_dict().items() if k != "every"}
+    settings = {"reference": params_fingerprint(sft_state.params), "eval": evaluation}
+    settings["max_new_tokens"] = config.offline.max_new_tokens
     if os.path.isfile(path):
         with open(path) as f:
-            return json.load(f)
+            cached = json.load(f)
+        if cached.get("settings") == settings:
+            return cached["scores"]
+        print(f"reference eval: {path} was made with other weights or eval settings; re-scoring pi_ref")
     scores = parts.make_eval(config, graphdef, tokenizer, held_out, analysis, logp_fn, seed)(sft_state, 0)
     with open(path, "w") as f:
-        json.dump(scores, f, indent=1)
+        json.dump({"settings": settings, "scores": scores}, f, indent=1)
     return scores
 
 
@@ -328,18 +345,19 @@ def _finish(config, workdir: str, stats: dict, results: dict[str, dict], timings
     summary = {"dataset": stats, "seeds": seeds, "methods": methods, "wall_seconds": timings}
     with open(os.path.join(workdir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
-    png = _plot(workdir, methods)
+    png = _plot(workdir, methods, config.eval.temperature)
     for name, entry in methods.items():
         acc, greedy, lik = entry["accuracy"], entry["greedy_accuracy"], entry["correct_step_logp"]
         print(
-            f"{name:>10}: held-out accuracy (T=1) {np.mean(acc['before']):.3f} -> {acc['mean']:.3f} ± {acc['std']:.3f}"
+            f"{name:>10}: held-out accuracy (T={config.eval.temperature:g}) {np.mean(acc['before']):.3f} -> "
+            f"{acc['mean']:.3f} ± {acc['std']:.3f}"
             f" (seeds {', '.join(f'{v:.3f}' for v in acc['after'])}), greedy {greedy['mean']:.3f}, correct-step "
             f"log-lik {np.mean(lik['before']):.4f} -> {lik['mean']:.4f}"
         )
     print(f"done: summary {os.path.join(workdir, 'summary.json')}, figure {png}")
 
 
-def _plot(workdir: str, methods: dict[str, dict]) -> str:
+def _plot(workdir: str, methods: dict[str, dict], temperature: float) -> str:
     """Bars of held-out accuracy (mean ± std over seeds, the reference as a line) and of the correct-step
     log-likelihood change per method."""
     import matplotlib
@@ -355,7 +373,7 @@ def _plot(workdir: str, methods: dict[str, dict]) -> str:
     for i, a in enumerate(acc):  # one dot per seed
         axes[0].plot([i] * len(a["after"]), a["after"], "k.", markersize=5)
     axes[0].axhline(float(np.mean(acc[0]["before"])), color="gray", linestyle="--", label="pi_ref")
-    axes[0].set_ylabel("held-out accuracy (T=1)")
+    axes[0].set_ylabel(f"held-out accuracy (T={temperature:g})")
     axes[0].legend()
     lo = min(a["mean"] - a["std"] for a in acc)
     axes[0].set_ylim(max(0.0, min(lo, float(np.mean(acc[0]["before"]))) - 0.05), None)

@@ -203,9 +203,9 @@ def masked_log_likelihoods(logp_fn, model_state, rows: dict[str, np.ndarray], ba
 
 
 def make_eval(config, graphdef, tokenizer, eval_records, analysis, logp_fn, seed: int):
-    """``eval_fn(state, step)``: held-out accuracy of ``eval.samples_per_prompt`` T=1 samples per question (the
-    paper's metric), greedy accuracy, format rate, and the log-likelihood figures on the offline negatives. The
-    sampling key depends on ``(seed, step)`` only: every method is scored on the same draws."""
+    """``eval_fn(state, step)``: held-out accuracy of ``eval.samples_per_prompt`` samples per question at temperature
+    ``eval.temperature`` (the paper's metric), greedy accuracy, format rate, and the log-likelihood figures on the
+    offline negatives. The sampling key depends on ``(seed, step)`` only: every method is scored on the same draws."""
     import jax
 
     from stepjax.rl.rollout import collect_rollout
@@ -214,7 +214,7 @@ def make_eval(config, graphdef, tokenizer, eval_records, analysis, logp_fn, seed
     o = config.offline
     sampling = SamplingConfig(
         max_new_tokens=o.max_new_tokens,
-        temperature=1.0,
+        temperature=config.eval.temperature,
         num_samples=config.eval.samples_per_prompt,
         stop_tokens=(tokenizer.eos_id,),
         pad_id=tokenizer.pad_id,
@@ -241,7 +241,8 @@ def make_eval(config, graphdef, tokenizer, eval_records, analysis, logp_fn, seed
         if analysis is not None:
             out.update(masked_log_likelihoods(logp_fn, params, analysis))
         print(
-            f"step {step}: held-out accuracy (T=1) {out['accuracy']:.3f}, greedy {out['greedy_accuracy']:.3f}, "
+            f"step {step}: held-out accuracy (T={config.eval.temperature:g}) {out['accuracy']:.3f}, "
+            f"greedy {out['greedy_accuracy']:.3f}, "
             f"correct-step log-lik {out.get('correct_step_logp', float('nan')):.4f}"
         )
         return out

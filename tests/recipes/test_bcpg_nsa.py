@@ -122,3 +122,38 @@ def test_test_variant_end_to_end(tmp_path):
     assert set(summary["wall_seconds"]) >= {"warm_start_s", "offline_data_s", "rft_s0_s"}
     assert (workdir / "bcpg_nsa.png").stat().st_size > 1000
     assert "held-out accuracy (T=1)" in result.stdout and "done: summary" in result.stdout
+
+
+def test_reference_eval_cache_follows_weights_and_eval_settings(tmp_path, monkeypatch):
+    """pi_ref's held-out scores are cached per seed; a rerun with other eval settings (here the eval temperature) or
+    other weights re-scores instead of reusing numbers measured under different conditions."""
+    import types
+
+    import jax.numpy as jnp
+
+    from recipes import bcpg_nsa_runs
+
+    calls = []
+
+    def fake_make_eval(config, *args):
+        def eval_fn(state, step):
+            calls.append(config.eval.temperature)
+            return {"accuracy": 0.1 * len(calls)}
+
+        return eval_fn
+
+    monkeypatch.setattr(bcpg_nsa_runs, "make_eval", fake_make_eval)
+    config = _config("tiny")
+    state = types.SimpleNamespace(params={"w": jnp.ones((3,))})
+
+    def score(config, state):
+        return bcpg_nsa._reference_eval(config, str(tmp_path), None, None, None, None, None, state, 0)
+
+    assert score(config, state) == {"accuracy": 0.1}
+    assert score(config, state) == {"accuracy": 0.1} and calls == [1.0]  # cached
+    config.eval.every = 50  # not a scoring setting: the cache stands
+    assert score(config, state) == {"accuracy": 0.1} and len(calls) == 1
+    config.eval.temperature = 0.7
+    assert score(config, state) == {"accuracy": 0.2} and calls == [1.0, 0.7]
+    assert score(config, types.SimpleNamespace(params={"w": 2 * jnp.ones((3,))}))["accuracy"] == pytest.approx(0.3)
+    assert len(calls) == 3
