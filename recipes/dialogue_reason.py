@@ -201,10 +201,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for fmt in config.compare.formats:
         if fmt not in FORMATS:
             raise cc.ConfigError(f"'config.compare.formats': {fmt!r} is not one of {FORMATS}")
-    try:
-        lm_sft.model_config(config, vocab_size=max(config.model.vocab_size, 1))
-    except (TypeError, ValueError) as err:
-        raise cc.ConfigError(f"'config.model': {err}") from err
+    lm_sft.validate(_warm_start_config(config))  # also the model section (same keys, same messages)
 
 
 # --------------------------------------------------------------------------------------------------------- data
@@ -240,35 +237,33 @@ def _eval_views(config: ml_collections.ConfigDict) -> list[dict]:
 # --------------------------------------------------------------------------------------------------- warm start
 
 
-def warm_start(config: ml_collections.ConfigDict, workdir: str) -> tuple[int, Any, Any]:
-    """SFT on noisy Compound-QA traces; ``(status, graphdef, TrainState)``. Raises ``Preempted`` on SIGTERM."""
-    import jax
-
-    from stepjax.data import make_lm_pipeline
-    from stepjax.data.compound_qa import CompoundQASource, TraceNoise
-    from stepjax.models.llm import DecoderLM
-    from stepjax.sharding import local_batch_rows, make_mesh, normalize_rules, shard_batch, use_rules
-    from stepjax.sharding.batch import batch_sharding
-    from stepjax.train import (
-        NonFiniteLossError,
-        create_train_state,
-        jit_train_step,
-        lm_loss_fn,
-        make_optimizer,
-        make_train_step,
-        plot_metrics,
-        run_training,
+def _warm_start_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The ``lm_sft`` config of stage 1 (its records come from ``_warm_start_source``, not ``data.source``)."""
+    sft = lm_sft.schema()
+    sft.seed = config.seed
+    # Copies: lm_sft's sections are changed below and the RL stage reads the same keys (e.g. checkpoint.every).
+    for key in ("model", "tokenizer", "checkpoint", "mesh", "sharding", "distributed"):
+        sft[key] = config[key].copy_and_resolve_references()
+    w = config.warm_start
+    sft.data.update(seq_len=config.data.seq_len, packing=config.data.packing)
+    sft.train.update(
+        total_steps=w.steps, batch_size=w.batch_size, log_every=config.train.log_every, nonfinite=config.train.nonfinite
     )
+    # lm_sft's optimizer defaults already carry weight_decay 0.01 and b2 0.98.
+    sft.optimizer.update(learning_rate=w.learning_rate, warmup_steps=w.warmup_steps)
+    sft.checkpoint.every = w.steps
+    return sft
+
+
+def _warm_start_source(config: ml_collections.ConfigDict) -> Any:
+    """Noisy Compound-QA traces of the training pool, k and order resampled every epoch (``CompoundQASource``)."""
+    from stepjax.data.compound_qa import CompoundQASource, TraceNoise
 
     d, w = config.data, config.warm_start
-    mesh = make_mesh(config.mesh.shape.to_dict())
-    rules = normalize_rules(config.sharding.rules)
-    tokenizer = lm_sft._tokenizer(config)
-    model_cfg = lm_sft.model_config(config, tokenizer.vocab_size)
     records = _records(config, "train", d.num_train)
     noise = TraceNoise(slip=d.slip, carry_drop=d.carry_drop, hesitation=d.hesitation, box_error=d.box_error)
     epochs = 1 + w.steps * w.batch_size // len(records)  # every epoch renders each pool record anew
-    source = CompoundQASource(
+    return CompoundQASource(
         records,
         fmt=config.format,
         seed=config.seed,
@@ -277,58 +272,13 @@ def warm_start(config: ml_collections.ConfigDict, workdir: str) -> tuple[int, An
         budget=_budget(config),
         noise=noise,
     )
-    rows = local_batch_rows(mesh, w.batch_size, rules)
-    train_iter = make_lm_pipeline(
-        source,
-        tokenizer,
-        seq_len=d.seq_len,
-        batch_size=len(rows),
-        seed=config.seed,
-        packing=d.packing,
-        shard_index=jax.process_index(),
-        shard_count=jax.process_count(),
-    )
-    optimizer = dict(defaults.optimizer_section().to_dict(), learning_rate=w.learning_rate, warmup_steps=w.warmup_steps)
-    optimizer.update(weight_decay=0.01, b2=0.98)  # as lm_sft
-    tx, schedule = make_optimizer(optimizer, w.steps)
-    graphdef, state = create_train_state(
-        lambda rngs: DecoderLM(model_cfg, rngs=rngs), tx, seed=config.seed, mesh=mesh, rules=rules
-    )
-    step = make_train_step(graphdef, lm_loss_fn(), tx, loss_weights={"lm": 1.0}, schedule=schedule)
-    with jax.set_mesh(mesh):
-        jitted = jit_train_step(step, state, batch_sharding=batch_sharding(mesh, rules))
 
-    def step_fn(state, batch):
-        with jax.set_mesh(mesh), use_rules(rules):
-            return jitted(state, batch)
 
-    print(
-        f"dialogue_reason warm start ({config.format}): {model_cfg.num_params() / 1e6:.2f}M parameters, {w.steps} steps"
-    )
-    try:
-        state = run_training(
-            state,
-            step_fn,
-            train_iter,
-            workdir,
-            total_steps=w.steps,
-            log_every=config.train.log_every,
-            checkpoint_every=w.steps,
-            keep_checkpoints=config.checkpoint.keep,
-            put_batch=lambda b: shard_batch(b, mesh, rules),
-            nonfinite=config.train.nonfinite,
-            on_corrupt=config.checkpoint.on_corrupt,
-            async_checkpoints=config.checkpoint.async_save,
-            tokens_per_batch=w.batch_size * d.seq_len,
-            config_snapshot=config.to_dict(),
-            resume="auto" if config.checkpoint.resume else "never",
-        )
-    except NonFiniteLossError as err:
-        print(f"error: {err}")
-        return 3, graphdef, None
-    if jax.process_index() == 0:
-        plot_metrics(os.path.join(workdir, "metrics.jsonl"), os.path.join(workdir, "loss_curve.png"))
-    return 0, graphdef, state
+def warm_start(config: ml_collections.ConfigDict, workdir: str) -> tuple[int, Any, Any]:
+    """SFT on noisy Compound-QA traces (``lm_sft.train``, no held-out eval); ``(status, graphdef, TrainState)``.
+    Raises ``Preempted`` on SIGTERM."""
+    print(f"dialogue_reason warm start ({config.format}): {config.warm_start.steps} steps")
+    return lm_sft.train(_warm_start_config(config), workdir, train_source=_warm_start_source(config), eval_records=[])
 
 
 # ---------------------------------------------------------------------------------------------------------- RL

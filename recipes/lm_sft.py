@@ -137,8 +137,23 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
         return 0
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> tuple[int, Any, Any]:
+def train(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    train_source: Any = None,
+    eval_records: list[dict] | None = None,
+) -> tuple[int, Any, Any]:
     """``run`` for composing recipes: ``(exit status, graphdef, final TrainState)`` (state None unless status 0).
+
+    Args:
+      config, workdir: as ``run``.
+      train_source: the training records, for a recipe that makes its own data: anything
+        ``stepjax.data.make_lm_pipeline`` reads (``__len__``/``__getitem__`` of prompt/response or text records, e.g.
+        ``InMemorySource`` or ``stepjax.data.compound_qa.CompoundQASource``). None: from ``config.data`` (the
+        arithmetic task or ``data.path``). Batching, shuffling and packing still follow ``config.data``.
+      eval_records: the held-out ``{"prompt", "ground_truth"}`` records scored by ``answer_accuracy``, used as given.
+        None: from ``config.data`` (the first ``eval.num_examples``); an empty list: no evaluation.
 
     Raises ``stepjax.train.Preempted`` (a ``SystemExit(0)``) after saving when the run is stopped by SIGTERM/SIGINT.
     """
@@ -191,8 +206,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> tuple[int, Any, An
         )
     train = config.train
     rows = local_batch_rows(mesh, train.batch_size, rules)
+    if train_source is None:
+        train_source = _records(config, "train", config.data.num_train)
     train_iter = make_lm_pipeline(
-        _records(config, "train", config.data.num_train),
+        train_source,
         tokenizer,
         seq_len=config.data.seq_len,
         batch_size=len(rows),
@@ -202,12 +219,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> tuple[int, Any, An
         shard_index=jax.process_index(),
         shard_count=jax.process_count(),
     )
-    eval_records = _records(config, "test", config.eval.num_examples)
-    eval_records = (
-        [eval_records[i] for i in range(min(len(eval_records), config.eval.num_examples))]
-        if eval_records is not None
-        else []
-    )
+    if eval_records is None:
+        held_out = _records(config, "test", config.eval.num_examples)
+        n = min(len(held_out), config.eval.num_examples) if held_out is not None else 0
+        eval_records = [held_out[i] for i in range(n)]
 
     tx, schedule = make_optimizer(config.optimizer.to_dict(), train.total_steps)
     graphdef, state = create_train_state(

@@ -134,3 +134,26 @@ def test_sigkill_then_resume_reproduces_uninterrupted_run(tmp_path):
     expected, got = _losses(tmp_path / "straight"), _losses(killed_dir)
     assert sorted(got) == list(range(1, 31))
     assert got == expected  # bit-for-bit: same data order, same RNG, same parameters
+
+
+def test_train_source_and_eval_records_replace_the_config_data(tmp_path):
+    """``train(..., train_source=...)`` trains on the caller's records: the same records as the config's give the same
+    losses bit for bit, other records other losses; ``eval_records=[]`` runs no evaluation."""
+    from stepjax.data import InMemorySource
+
+    config = _config()
+    config.train.update(total_steps=2, batch_size=8, log_every=1)
+    config.checkpoint.async_save = False
+
+    def losses(name, source):
+        status, _, _ = lm_sft.train(config, str(tmp_path / name), train_source=source, eval_records=[])
+        assert status == 0
+        records = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        assert not any(k.startswith("eval/") for r in records for k in r), records
+        return [(r["loss"], r["accuracy"]) for r in records]
+
+    default = losses("default", None)
+    same = losses("same", InMemorySource(lm_sft._records(config, "train", config.data.num_train)))
+    other = [{"prompt": f"say {i} ", "response": f"{i} {i} {i}!"} for i in range(40)]
+    assert same == default
+    assert losses("other", InMemorySource(other)) != default
