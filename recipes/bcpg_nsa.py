@@ -175,7 +175,9 @@ def _warm_start_config(config: ml_collections.ConfigDict, paths: tuple[str, str]
     """The ``lm_sft`` config of stage 1 (``paths``: the SFT JSONL files; None while validating, before they exist)."""
     sft = lm_sft.schema()
     sft.seed = config.seed
-    sft.model, sft.tokenizer = config.model, config.tokenizer
+    # Copies: the checkpoint section is changed below, and the method runs read the caller's checkpoint.every.
+    for key in ("model", "tokenizer", "checkpoint", "mesh", "sharding", "distributed"):
+        sft[key] = config[key].copy_and_resolve_references()
     if paths is None:
         sft.data.update(source="arithmetic", seq_len=config.data.seq_len)
     else:
@@ -184,9 +186,7 @@ def _warm_start_config(config: ml_collections.ConfigDict, paths: tuple[str, str]
     sft.train.update(total_steps=max(w.steps, 1), batch_size=w.batch_size, log_every=max(config.train.log_every, 1))
     sft.optimizer.update(learning_rate=w.learning_rate, warmup_steps=w.warmup_steps)
     sft.eval.update(num_examples=w.eval_examples, max_new_tokens=config.offline.max_new_tokens)
-    sft.checkpoint = config.checkpoint
     sft.checkpoint.every = max(w.steps, 1)
-    sft.mesh, sft.sharding, sft.distributed = config.mesh, config.sharding, config.distributed
     return sft
 
 

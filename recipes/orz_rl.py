@@ -123,16 +123,14 @@ def _warm_start_config(config: ml_collections.ConfigDict) -> ml_collections.Conf
     """The ``lm_sft`` config of stage 1."""
     sft = lm_sft.schema()
     sft.seed = config.seed
-    sft.model = config.model
-    sft.tokenizer = config.tokenizer
-    sft.data = config.data
+    # Copies: the checkpoint section is changed below, and the RL stage reads the caller's checkpoint.every.
+    for key in ("model", "tokenizer", "data", "checkpoint", "mesh", "sharding", "distributed"):
+        sft[key] = config[key].copy_and_resolve_references()
     w = config.warm_start
     sft.train.update(total_steps=max(w.steps, 1), batch_size=w.batch_size, log_every=config.train.log_every)
     sft.optimizer.update(learning_rate=w.learning_rate, warmup_steps=w.warmup_steps)
     sft.eval.update(num_examples=w.eval_examples, max_new_tokens=config.rl.max_new_tokens)
-    sft.checkpoint = config.checkpoint
     sft.checkpoint.every = max(w.steps, 1)
-    sft.mesh, sft.sharding, sft.distributed = config.mesh, config.sharding, config.distributed
     return sft
 
 
