@@ -24,7 +24,7 @@ def _run_cli(*args, timeout=900):
 
 
 def test_variants_validate_and_plan_runs():
-    for variant in ("tiny", "test"):
+    for variant in ("tiny", "strong", "test"):
         bcpg_nsa.validate(_config(variant))
     with pytest.raises(ValueError, match="unknown bcpg_nsa variant"):
         _config("huge")
