@@ -27,10 +27,13 @@ from benchmarks.common import format_table, interleaved, median, ratio, result_l
 
 
 def import_flash():
-    """``stepjax.kernels.flash_attention``, also from a plain checkout where stepjax is not pip-installed (the
-    ``kernels/`` folder is mapped to ``stepjax.kernels`` by setup.cfg's ``package_dir`` only when installed)."""
+    """The module ``stepjax.kernels.flash_attention``, also from a plain checkout where stepjax is not pip-installed
+    (the ``kernels/`` folder is mapped to ``stepjax.kernels`` by setup.cfg's ``package_dir`` only when installed).
+    By ``importlib``: ``import stepjax.kernels.flash_attention as fa`` would bind the *function* of that name, which
+    ``stepjax.kernels`` re-exports and which shadows the submodule attribute."""
+    name = "stepjax.kernels.flash_attention"
     try:
-        import stepjax.kernels.flash_attention as fa
+        return importlib.import_module(name)
     except ModuleNotFoundError:
         import stepjax
 
@@ -42,8 +45,7 @@ def import_flash():
         sys.modules["stepjax.kernels"] = module
         stepjax.kernels = module
         spec.loader.exec_module(module)
-        import stepjax.kernels.flash_attention as fa
-    return fa
+        return importlib.import_module(name)
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
