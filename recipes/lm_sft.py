@@ -287,10 +287,11 @@ def train(
     if jax.process_index() == 0:
         png = plot_metrics(os.path.join(workdir, "metrics.jsonl"), os.path.join(workdir, "loss_curve.png"))
         final = _last_eval(os.path.join(workdir, "metrics.jsonl"))
-        print(
-            f"done: step {int(np.asarray(state.step))}, eval/accuracy {final.get('eval/accuracy', float('nan')):.3f} "
-            f"(format rate {final.get('eval/format_rate', float('nan')):.3f}); curve {png}; workdir {workdir}"
-        )
+        scores = ""  # no held-out records (e.g. a recipe's warm start with eval_records=[])
+        if "eval/accuracy" in final:
+            fmt = final.get("eval/format_rate", float("nan"))
+            scores = f", eval/accuracy {final['eval/accuracy']:.3f} (format rate {fmt:.3f})"
+        print(f"done: step {int(np.asarray(state.step))}{scores}; curve {png}; workdir {workdir}")
     return 0, graphdef, state
 
 
