@@ -5,7 +5,8 @@
 #      their references, at the tolerances; the shard_map tests (8 fake CPU devices) and the cross-lowering
 #      test (CPU-only by design) are left out;
 #   2. flash attention forward and forward+backward vs jax.nn.dot_product_attention (cuDNN) at 4k, 8k and 16k tokens in
-#      bfloat16, then the same with the square-root ALiBi on our side.
+#      bfloat16, then the same with the square-root ALiBi on our side;
+#   3. the decode benchmark (stepjax generate vs HF generate, both on the GPU, float32, batch 1 and 8).
 # Usage, from the repository root: bash benchmarks/gpu_checks.sh [log dir]   (default: $OUT, else /tmp/gpu_checks)
 # Uses the machine's own python3 with its jax, flax and optax (nothing can be downloaded there) and installs stepjax
 # itself editable, without dependencies, offline. STEPJAX_CHECK_PLATFORM=cpu dry-runs the script here (interpret mode).
@@ -41,6 +42,10 @@ fi
     JAX_PLATFORMS=$PLATFORM timeout 240 "$PY" -m benchmarks.flash_attention "${bench_args[@]}" || status=1
     echo "== the same with square-root ALiBi (our side only: its cost, not a like-for-like race)"
     JAX_PLATFORMS=$PLATFORM timeout 180 "$PY" -m benchmarks.flash_attention --alibi "${bench_args[@]}" || status=1
+
+    echo "== greedy decode vs Hugging Face generate, both on the device (bench_57m, float32, batch 1 and 8)"
+    if [ "$PLATFORM" = cpu ]; then decode_args=(--preset tiny --new 8 --rounds 2); else decode_args=(); fi
+    JAX_PLATFORMS=$PLATFORM timeout 300 "$PY" -m benchmarks.decode "${decode_args[@]}" || status=1
 
     echo "gpu_checks: exit status $status"
     exit $status

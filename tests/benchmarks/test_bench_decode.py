@@ -30,3 +30,11 @@ def test_weight_bytes_and_bandwidth():
     # Every parameter but the 32000 x 512 embedding table, 4 bytes each.
     assert bench.weight_bytes_per_token(cfg) == (cfg.num_params() - 32000 * 512) * 4
     assert bench.memory_bandwidth(mib=8, repeats=2) > 1e8
+
+
+def test_torch_side_runs_where_jax_runs():
+    import torch
+
+    assert bench.torch_device("auto", "cpu") == "cpu"
+    assert bench.torch_device("auto", "gpu") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert bench.torch_device("cuda", "cpu") == "cuda"  # an explicit choice is kept
