@@ -202,6 +202,17 @@ def masked_log_likelihoods(logp_fn, model_state, rows: dict[str, np.ndarray], ba
     return {k: sums[k] / counts[k] if counts[k] else float("nan") for k in ANALYSIS_MASKS}
 
 
+def accuracy_by_terms(records: list[dict], rewards, samples_per_prompt: int) -> dict[str, float]:
+    """``{"accuracy_terms<k>": mean reward}`` per number of terms ``k`` of the questions (``"3+14+5"`` has 3), from
+    prompt-major ``rewards`` (``samples_per_prompt`` consecutive rows per record); empty when every question has the
+    same length."""
+    terms = np.asarray([records[r // samples_per_prompt]["question"].count("+") + 1 for r in range(len(rewards))])
+    rewards = np.asarray(rewards, np.float64)
+    if len(set(terms.tolist())) < 2:
+        return {}
+    return {f"accuracy_terms{k}": float(rewards[terms == k].mean()) for k in sorted(set(terms.tolist()))}
+
+
 def make_eval(config, graphdef, tokenizer, eval_records, analysis, logp_fn, seed: int):
     """``eval_fn(state, step)``: held-out accuracy of ``eval.samples_per_prompt`` samples per question at temperature
     ``eval.temperature`` (the paper's metric), greedy accuracy, format rate, and the log-likelihood figures on the
@@ -237,6 +248,8 @@ def make_eval(config, graphdef, tokenizer, eval_records, analysis, logp_fn, seed
             )
             per = rollout.scored.per_function
             out[f"{name}accuracy"] = float(np.mean(per["orz_math"]))
+            if not name:  # sampled answers: also per chain length (longer chains are the harder questions)
+                out.update(accuracy_by_terms(eval_records, per["orz_math"], cfg.num_samples))
             out[f"{name}format_rate"] = float(np.mean(per["answer_format"]))
         if analysis is not None:
             out.update(masked_log_likelihoods(logp_fn, params, analysis))

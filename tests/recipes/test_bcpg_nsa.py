@@ -157,3 +157,12 @@ def test_reference_eval_cache_follows_weights_and_eval_settings(tmp_path, monkey
     assert score(config, state) == {"accuracy": 0.2} and calls == [1.0, 0.7]
     assert score(config, types.SimpleNamespace(params={"w": 2 * jnp.ones((3,))}))["accuracy"] == pytest.approx(0.3)
     assert len(calls) == 3
+
+
+def test_accuracy_by_terms_groups_prompt_major_rows_by_chain_length():
+    from recipes.bcpg_nsa_runs import accuracy_by_terms
+
+    records = [{"question": "1+2"}, {"question": "3+4+5"}, {"question": "6+7"}]
+    rewards = [1, 0, 1, 1, 0, 0]  # two samples per record, record-major
+    assert accuracy_by_terms(records, rewards, 2) == {"accuracy_terms2": 0.25, "accuracy_terms3": 1.0}
+    assert accuracy_by_terms(records[:1], rewards[:2], 2) == {}  # one length only: nothing to break down
