@@ -22,7 +22,8 @@ Scores (held-out questions, before training and at the end): ``eval/accuracy`` (
 ``eval/greedy_accuracy``, ``eval/format_rate``, and on the dataset's negatives the mean per-token log-likelihood of
 judge-accepted correct steps (``eval/correct_step_logp``), of truly correct steps and of wrong steps. Outputs:
 ``summary.json`` (per run and mean/std over seeds), ``bcpg_nsa.png``. A rerun with the same workdir reuses every
-finished stage.
+finished stage; one that changes the eval settings of runs already scored there is refused (their figures would
+not be comparable).
 """
 
 from __future__ import annotations
@@ -216,6 +217,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
     from stepjax.train import NonFiniteLossError, Preempted
 
     t_start = time.perf_counter()
+    check_run_eval_settings(config, workdir)
     o = config.offline
     held_out = parts.questions(config, "test", config.eval.num_examples)
     train_questions = parts.questions(config, "offline", o.num_questions, {r["question"] for r in held_out})
@@ -249,6 +251,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
             )
             for name, method, beta in planned_runs(config):
                 run_dir = os.path.join(workdir, "runs", f"{name}_s{seed}")
+                _record_run_eval_settings(config, run_dir)
                 t0 = time.perf_counter()
 
                 def sample(reference_state, k, run_dir=run_dir, seed=seed):
@@ -281,6 +284,41 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
     return 0
 
 
+def _eval_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """What the held-out scores depend on besides the weights (``eval.every`` only sets when they are taken)."""
+    evaluation = {k: v for k, v in config.eval.to_dict().items() if k != "every"}
+    return {"eval": evaluation, "max_new_tokens": config.offline.max_new_tokens}
+
+
+RUN_EVAL_SETTINGS = "eval_settings.json"
+
+
+def check_run_eval_settings(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Refuses, before any work, a rerun whose eval settings differ from those a finished or started run of this
+    workdir was scored with: such a run resumes at its last step without re-scoring, and its old figures would sit
+    beside pi_ref's new ones. Raises ``ConfigError`` naming the run folder and both settings."""
+    want = json.loads(json.dumps(_eval_settings(config)))  # tuples -> lists, as read back from JSON
+    for seed in config.train.seeds:
+        for name, _, _ in planned_runs(config):
+            path = os.path.join(workdir, "runs", f"{name}_s{seed}", RUN_EVAL_SETTINGS)
+            if not os.path.isfile(path):
+                continue
+            with open(path) as f:
+                have = json.load(f)
+            if have != want:
+                raise cc.ConfigError(
+                    f"{os.path.dirname(path)} was scored with eval settings {have}, but this run asks for {want}; "
+                    "its figures would not be comparable. Use another workdir (link warm_start/ and "
+                    "offline_data.jsonl* into it to reuse them) or delete that run folder"
+                )
+
+
+def _record_run_eval_settings(config: ml_collections.ConfigDict, run_dir: str) -> None:
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, RUN_EVAL_SETTINGS), "w") as f:
+        json.dump(_eval_settings(config), f, indent=1)
+
+
 def _reference_eval(config, workdir, graphdef, tokenizer, held_out, analysis, logp_fn, sft_state, seed):
     """The held-out scores of ``pi_ref`` (every run's step 0), cached in ``<workdir>/reference_eval_s<seed>.json``."""
     from recipes import bcpg_nsa_runs as parts
@@ -288,9 +326,7 @@ def _reference_eval(config, workdir, graphdef, tokenizer, held_out, analysis, lo
 
     path = os.path.join(workdir, f"reference_eval_s{seed}.json")
     # The cache is valid only for the same pi_ref weights and eval settings (a rerun may change eval.temperature).
-    evaluation = {k: v for k, v in config.eval.to_dict().items() if k != "every"}
-    settings = {"reference": params_fingerprint(sft_state.params), "eval": evaluation}
-    settings["max_new_tokens"] = config.offline.max_new_tokens
+    settings = {"reference": params_fingerprint(sft_state.params), **_eval_settings(config)}
     if os.path.isfile(path):
         with open(path) as f:
             cached = json.load(f)

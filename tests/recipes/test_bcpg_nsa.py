@@ -123,6 +123,12 @@ def test_test_variant_end_to_end(tmp_path):
     assert (workdir / "bcpg_nsa.png").stat().st_size > 1000
     assert "held-out accuracy (T=1)" in result.stdout and "done: summary" in result.stdout
 
+    # A rerun that would score differently is refused up front; nothing written before is touched.
+    before = (workdir / "summary.json").read_text()
+    again = _run_cli("--config", "configs/bcpg_nsa.py:test", "--config.eval.temperature=0.5", "--workdir", str(workdir))
+    assert again.returncode == 2 and "was scored with eval settings" in again.stderr, again.stderr[-2000:]
+    assert (workdir / "summary.json").read_text() == before
+
 
 def test_reference_eval_cache_follows_weights_and_eval_settings(tmp_path, monkeypatch):
     """pi_ref's held-out scores are cached per seed; a rerun with other eval settings (here the eval temperature) or
@@ -166,3 +172,18 @@ def test_accuracy_by_terms_groups_prompt_major_rows_by_chain_length():
     rewards = [1, 0, 1, 1, 0, 0]  # two samples per record, record-major
     assert accuracy_by_terms(records, rewards, 2) == {"accuracy_terms2": 0.25, "accuracy_terms3": 1.0}
     assert accuracy_by_terms(records[:1], rewards[:2], 2) == {}  # one length only: nothing to break down
+
+
+def test_rerun_with_other_eval_settings_is_refused_before_any_work(tmp_path):
+    """A finished method run resumes without re-scoring, so a rerun that changes how held-out answers are scored
+    would put old figures beside pi_ref's new ones: it is refused, naming the run folder."""
+    config = _config("tiny")
+    bcpg_nsa._record_run_eval_settings(config, str(tmp_path / "runs" / "bcpg_s0"))
+    bcpg_nsa.check_run_eval_settings(config, str(tmp_path))  # same settings: fine
+    config.eval.every = 50  # when to score, not how: fine
+    bcpg_nsa.check_run_eval_settings(config, str(tmp_path))
+    config.eval.temperature = 0.7
+    with pytest.raises(ConfigError, match=r"runs/bcpg_s0 was scored with eval settings .*'temperature': 1\.0"):
+        bcpg_nsa.check_run_eval_settings(config, str(tmp_path))
+    config.train.seeds = (1,)  # another seed's runs have not been scored yet
+    bcpg_nsa.check_run_eval_settings(config, str(tmp_path))
