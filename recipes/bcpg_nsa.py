@@ -222,13 +222,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
     held_out = parts.questions(config, "test", config.eval.num_examples)
     train_questions = parts.questions(config, "offline", o.num_questions, {r["question"] for r in held_out})
     paths = parts.write_sft_data(config, workdir, held_out)
-    try:
-        status, graphdef, sft_state = lm_sft.train(
-            _warm_start_config(config, paths), os.path.join(workdir, "warm_start")
-        )
-    except Preempted:
-        return 0
-    if status:
+    status, graphdef, sft_state = lm_sft.train_unless_preempted(
+        _warm_start_config(config, paths), os.path.join(workdir, "warm_start")
+    )
+    if sft_state is None:
         return status
     t_sft = time.perf_counter()
     tokenizer = lm_sft._tokenizer(config)

@@ -275,10 +275,12 @@ def _warm_start_source(config: ml_collections.ConfigDict) -> Any:
 
 
 def warm_start(config: ml_collections.ConfigDict, workdir: str) -> tuple[int, Any, Any]:
-    """SFT on noisy Compound-QA traces (``lm_sft.train``, no held-out eval); ``(status, graphdef, TrainState)``.
-    Raises ``Preempted`` on SIGTERM."""
+    """SFT on noisy Compound-QA traces (``lm_sft.train``, no held-out eval); ``(status, graphdef, TrainState)``, the
+    state None after a SIGTERM stop (status 0) or a failure."""
     print(f"dialogue_reason warm start ({config.format}): {config.warm_start.steps} steps")
-    return lm_sft.train(_warm_start_config(config), workdir, train_source=_warm_start_source(config), eval_records=[])
+    return lm_sft.train_unless_preempted(
+        _warm_start_config(config), workdir, train_source=_warm_start_source(config), eval_records=[]
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------- RL
@@ -315,14 +317,11 @@ def _run_one(config: ml_collections.ConfigDict, workdir: str) -> int:
     from stepjax.rl import compound_rewards  # noqa: F401  (registers the compound rewards)
     from stepjax.rl.trainer import make_rl_step
     from stepjax.sampling import SamplingConfig
-    from stepjax.train import Preempted, plot_metrics
+    from stepjax.train import plot_metrics
 
     started = time.time()
-    try:
-        status, _, sft_state = warm_start(config, os.path.join(workdir, "warm_start"))
-    except Preempted:
-        return 0
-    if status:
+    status, _, sft_state = warm_start(config, os.path.join(workdir, "warm_start"))
+    if sft_state is None:
         return status
     tokenizer = lm_sft._tokenizer(config)
     model_cfg = lm_sft.model_config(config, tokenizer.vocab_size)

@@ -190,17 +190,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
     from stepjax.sharding import make_mesh, normalize_rules, shard_batch, use_rules
     from stepjax.sharding.batch import batch_sharding
     from stepjax.train import (
-        Preempted,
         create_train_state,
         jit_train_step,
         make_train_step,
     )
 
-    try:
-        status, _, sft_state = lm_sft.train(_warm_start_config(config), os.path.join(workdir, "warm_start"))
-    except Preempted:
-        return 0
-    if status:
+    status, _, sft_state = lm_sft.train_unless_preempted(
+        _warm_start_config(config), os.path.join(workdir, "warm_start")
+    )
+    if sft_state is None:
         return status
     tokenizer = lm_sft._tokenizer(config)
     model_cfg = lm_sft.model_config(config, tokenizer.vocab_size)

@@ -129,12 +129,18 @@ def _records(config: ml_collections.ConfigDict, split: str, n: int) -> Any:
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> int:
     """Trains, evaluates, plots; returns the process exit status."""
+    return train_unless_preempted(config, workdir)[0]
+
+
+def train_unless_preempted(config: ml_collections.ConfigDict, workdir: str, **kwargs: Any) -> tuple[int, Any, Any]:
+    """``train`` (same arguments) for a recipe's stage: a SIGTERM stop, after its checkpoint and message, returns
+    ``(0, None, None)`` instead of raising. Callers go on only when the state is not None, else return the status."""
     from stepjax.train import Preempted
 
     try:
-        return train(config, workdir)[0]
-    except Preempted:  # SIGTERM: the checkpoint is written, the message printed
-        return 0
+        return train(config, workdir, **kwargs)
+    except Preempted:
+        return 0, None, None
 
 
 def train(

@@ -250,13 +250,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
     from stepjax.rl.rollout import PromptIterator
     from stepjax.rl.trainer import make_rl_step
     from stepjax.sampling import SamplingConfig
-    from stepjax.train import Preempted, plot_metrics
+    from stepjax.train import plot_metrics
 
-    try:
-        status, _, sft_state = lm_sft.train(_warm_start_config(config), os.path.join(workdir, "warm_start"))
-    except Preempted:
-        return 0
-    if status:
+    status, _, sft_state = lm_sft.train_unless_preempted(
+        _warm_start_config(config), os.path.join(workdir, "warm_start")
+    )
+    if sft_state is None:
         return status
     tokenizer = lm_sft._tokenizer(config)
     model_cfg = lm_sft.model_config(config, tokenizer.vocab_size)

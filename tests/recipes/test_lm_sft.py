@@ -157,3 +157,17 @@ def test_train_source_and_eval_records_replace_the_config_data(tmp_path):
     other = [{"prompt": f"say {i} ", "response": f"{i} {i} {i}!"} for i in range(40)]
     assert same == default
     assert losses("other", InMemorySource(other)) != default
+
+
+def test_train_unless_preempted_turns_a_sigterm_stop_into_status_0(monkeypatch):
+    """A recipe's warm start stopped by SIGTERM (checkpoint saved) returns ``(0, None, None)``; any other outcome of
+    ``train`` passes through unchanged, its keyword arguments too."""
+    from stepjax.train import Preempted
+
+    def stopped(config, workdir, **kwargs):
+        raise Preempted(7, workdir, "SIGTERM")
+
+    monkeypatch.setattr(lm_sft, "train", stopped)
+    assert lm_sft.train_unless_preempted(None, "/tmp/x") == (0, None, None)
+    monkeypatch.setattr(lm_sft, "train", lambda config, workdir, **kwargs: (3, "graphdef", kwargs))
+    assert lm_sft.train_unless_preempted(None, "/tmp/x", eval_records=[]) == (3, "graphdef", {"eval_records": []})
