@@ -58,7 +58,9 @@ Variants:
          the answer-format reward, 2 training steps per method, 2 offline iterations.
 
 Outputs in the workdir: sft_train.jsonl, sft_eval.jsonl, warm_start/, offline_data.jsonl (+ .meta.json: dataset counts),
-runs/<method>_s<seed>/ (metrics.jsonl), reference_eval_s<seed>.json, summary.json, bcpg_nsa.png.
+runs/<method>_s<seed>/ (metrics.jsonl), reference_eval_s<seed>.json, gradient_agreement.json (the methods' first-step
+gradients at pi_ref: split-half reliability and noise-corrected cosines; tiny: reliability RFT 0.76, BCPG 0.71,
+NSA -0.5 0.76, RFT vs BCPG 1.0; strong: 0.90 / 0.73 / 0.73, 0.88), summary.json, bcpg_nsa.png.
 Override any field, e.g. --config.policy.nsa_betas="(0.5,0.0,-0.5)" --config.train.seeds="(0,1,2)"
 --config.offline.judge_flip_probs="(0.1,)".
 """

@@ -17,6 +17,8 @@ Stage 3: from ``pi_ref`` and that one dataset, each of ``methods`` trains for ev
 ``offline.iterations > 1`` each run then resamples from its own policy, relabels, sets ``pi_ref <- current`` and
 trains again (``iter<k>/`` subfolders).
 
+Before the runs (``diagnostics.gradient_agreement``): the split-half agreement of the methods' first-step gradients
+at ``pi_ref`` on the dataset (``recipes/bcpg_nsa_gradients.py``; ``gradient_agreement.json``).
 Scores (held-out questions, before training and at the end): ``eval/accuracy`` (mean answer reward of
 ``eval.samples_per_prompt`` samples per question at temperature ``eval.temperature``, default 1),
 ``eval/greedy_accuracy``, ``eval/format_rate``, and on the dataset's negatives the mean per-token log-likelihood of
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Any
 
 import ml_collections
@@ -90,6 +93,8 @@ def schema() -> ml_collections.ConfigDict:
     # every 0: before and after training only
     config.eval = dict(num_examples=200, samples_per_prompt=4, temperature=1.0, every=0)
     config.train = dict(seeds=(0,), log_every=25, nonfinite="error")
+    # Split-half agreement of the methods' first-step gradients at pi_ref (recipes/bcpg_nsa_gradients.py).
+    config.diagnostics = dict(gradient_agreement=True, gradient_folds=8)
     config.checkpoint = defaults.checkpoint_section()
     config.checkpoint.every = 0
     config.checkpoint.keep = 1
@@ -148,6 +153,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise cc.ConfigError(
             f"'config.offline.judge_flip_probs' must be in [0, 1], got {config.offline.judge_flip_probs}"
         )
+    folds = config.diagnostics.gradient_folds
+    if folds < 2 or folds % 2:
+        raise cc.ConfigError(f"'config.diagnostics.gradient_folds' must be an even number >= 2, got {folds}")
     if config.offline.samples_per_prompt < 2:
         raise cc.ConfigError("'config.offline.samples_per_prompt' must be >= 2: r - r_bar needs a group")
     if not config.methods or any(m not in METHODS for m in config.methods):
@@ -212,6 +220,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
     import jax
 
     from recipes import bcpg_nsa_runs as parts
+    from recipes.bcpg_nsa_gradients import first_step_agreement
     from stepjax.rl.offline import run_offline_iterations
     from stepjax.sharding import make_mesh, normalize_rules
     from stepjax.train import NonFiniteLossError, Preempted
@@ -238,8 +247,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
     )
     t_data = time.perf_counter()
     logp_fn = parts.token_logp_fn(graphdef)
-    analysis = parts.analysis_rows(parts.method_rows(config, tokenizer, records, "bcpg"))
+    bcpg_rows = parts.method_rows(config, tokenizer, records, "bcpg")
+    analysis = parts.analysis_rows(bcpg_rows)
     timings: dict[str, float] = {"warm_start_s": t_sft - t_start, "offline_data_s": t_data - t_sft}
+    agreement = None
+    if config.diagnostics.gradient_agreement:
+        try:
+            agreement = first_step_agreement(config, workdir, graphdef, reference, bcpg_rows)
+        except ValueError as err:  # fewer than 2 groups, or a method without gradient (e.g. only uniform groups)
+            print(f"warning: first-step gradient agreement skipped: {err}", file=sys.stderr)
+        timings["gradient_agreement_s"] = time.perf_counter() - t_data
     results: dict[str, dict[str, Any]] = {}
     try:
         for seed in config.train.seeds:
@@ -277,7 +294,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
         print(f"error: {err}")
         return 3
     if jax.process_index() == 0:
-        _finish(config, workdir, stats, results, timings)
+        _finish(config, workdir, stats, results, timings, agreement)
     return 0
 
 
@@ -360,9 +377,11 @@ def _number(value: Any) -> float:
     return float("nan") if value is None else float(value)
 
 
-def _finish(config, workdir: str, stats: dict, results: dict[str, dict], timings: dict[str, float]) -> None:
-    """``summary.json`` (dataset stats; per run before/after; per method mean and std over seeds; wall times), the
-    comparison figure, and one line per method."""
+def _finish(
+    config, workdir: str, stats: dict, results: dict[str, dict], timings: dict[str, float], agreement: dict | None
+) -> None:
+    """``summary.json`` (dataset stats; per run before/after; per method mean and std over seeds; wall times; the
+    first-step gradient agreement when computed), the comparison figure, and one line per method."""
     import numpy as np
 
     seeds = list(config.train.seeds)
@@ -376,6 +395,8 @@ def _finish(config, workdir: str, stats: dict, results: dict[str, dict], timings
             entry[key] = {"before": before, "after": after, "mean": float(np.mean(after)), "std": float(np.std(after))}
         methods[name] = entry
     summary = {"dataset": stats, "seeds": seeds, "methods": methods, "wall_seconds": timings}
+    if agreement is not None:
+        summary["first_step_gradients"] = agreement
     with open(os.path.join(workdir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
     png = _plot(workdir, methods, config.eval.temperature)

@@ -53,6 +53,7 @@ def test_variants_validate_and_plan_runs():
         ("data.max_terms", 2, r"config\.data\.min_terms.*max_terms"),
         ("policy.tau", -1.0, r"config\.policy\.tau' must be >= 0"),
         ("train.seeds", (), r"config\.train\.seeds' is empty"),
+        ("diagnostics.gradient_folds", 3, r"config\.diagnostics\.gradient_folds' must be an even number >= 2"),
     ],
 )
 def test_bad_settings_are_named(path, value, message):
@@ -119,7 +120,14 @@ def test_test_variant_end_to_end(tmp_path):
                 assert (workdir / "runs" / f"{name}_s0" / f"offline_iter{k}.jsonl").is_file()
         acc = summary["methods"][name]["accuracy"]
         assert math.isfinite(acc["mean"]) and len(acc["after"]) == 1
-    assert set(summary["wall_seconds"]) >= {"warm_start_s", "offline_data_s", "rft_s0_s"}
+    assert set(summary["wall_seconds"]) >= {"warm_start_s", "offline_data_s", "gradient_agreement_s", "rft_s0_s"}
+    # First-step gradient agreement at pi_ref: one reliability per method, cosines in [-1, 1] (noise-corrected ones
+    # are estimates and may leave it), NSA's same-data direction close to BCPG's.
+    agreement = summary["first_step_gradients"]
+    assert set(agreement["reliability"]) == {"rft", "bcpg", "nsa_b0.5"}
+    assert all(-1.0 <= v <= 1.0 for v in agreement["same_data"].values())
+    assert agreement["same_data"]["bcpg|nsa_b0.5"] > 0.5
+    assert "first-step gradients at pi_ref" in result.stdout
     assert (workdir / "bcpg_nsa.png").stat().st_size > 1000
     assert "held-out accuracy (T=1)" in result.stdout and "done: summary" in result.stdout
 
