@@ -22,7 +22,9 @@ at ``pi_ref`` on the dataset (``recipes/bcpg_nsa_gradients.py``; ``gradient_agre
 Scores (held-out questions, before training and at the end): ``eval/accuracy`` (mean answer reward of
 ``eval.samples_per_prompt`` samples per question at temperature ``eval.temperature``, default 1),
 ``eval/greedy_accuracy``, ``eval/format_rate``, and on the dataset's negatives the mean per-token log-likelihood of
-judge-accepted correct steps (``eval/correct_step_logp``), of truly correct steps and of wrong steps. Outputs:
+judge-accepted correct steps (``eval/correct_step_logp``), of truly correct steps and of wrong steps; how far the
+policy moved from the initial ``pi_ref`` on its own sampled answers (``eval/log_ratio_to_ref``: mean token
+log pi - log pi_ref, the per-token KL at T = 1) and their mean token NLL (``eval/sample_nll``). Outputs:
 ``summary.json`` (per run and mean/std over seeds), ``bcpg_nsa.png``. A rerun with the same workdir reuses every
 finished stage; one that changes the eval settings of runs already scored there is refused (their figures would
 not be comparable).
@@ -278,7 +280,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
 
                 def train(policy, data, k, run_dir=run_dir, method=method, beta=beta, seed=seed):
                     rows = parts.method_rows(config, tokenizer, data, method)
-                    eval_fn = parts.make_eval(config, graphdef, tokenizer, held_out, analysis, logp_fn, seed)
+                    eval_fn = parts.make_eval(
+                        config, graphdef, tokenizer, held_out, analysis, logp_fn, seed, reference=reference
+                    )
                     sub = run_dir if config.offline.iterations == 1 else os.path.join(run_dir, f"iter{k}")
                     first = base_eval if k == 0 else None
                     state = parts.train_method(config, env, policy, rows, sub, method, beta, seed, eval_fn, first)
@@ -347,19 +351,22 @@ def _reference_eval(config, workdir, graphdef, tokenizer, held_out, analysis, lo
         if cached.get("settings") == settings:
             return cached["scores"]
         print(f"reference eval: {path} was made with other weights or eval settings; re-scoring pi_ref")
-    scores = parts.make_eval(config, graphdef, tokenizer, held_out, analysis, logp_fn, seed)(sft_state, 0)
+    reference = (sft_state.params, sft_state.extra)
+    scores = parts.make_eval(config, graphdef, tokenizer, held_out, analysis, logp_fn, seed, reference)(sft_state, 0)
     with open(path, "w") as f:
         json.dump({"settings": settings, "scores": scores}, f, indent=1)
     return scores
 
 
 def _run_result(run_dir: str, iterations: int) -> dict[str, Any]:
-    """First and last eval records of a run (over all its iterations)."""
+    """First and last eval records of a run (over all its iterations), and its path: ``[log-ratio to pi_ref,
+    accuracy]`` at every eval, in order."""
     from stepjax.train import read_metrics
 
     dirs = [run_dir] if iterations == 1 else [os.path.join(run_dir, f"iter{k}") for k in range(iterations)]
     evals = [r for d in dirs for r in read_metrics(os.path.join(d, "metrics.jsonl")) if "eval/accuracy" in r]
-    return {"first": evals[0] if evals else {}, "last": evals[-1] if evals else {}}
+    path = [[_number(r.get("eval/log_ratio_to_ref")), _number(r["eval/accuracy"])] for r in evals]
+    return {"first": evals[0] if evals else {}, "last": evals[-1] if evals else {}, "path": path}
 
 
 SUMMARY_KEYS = (
@@ -369,6 +376,8 @@ SUMMARY_KEYS = (
     "correct_step_logp",
     "true_correct_step_logp",
     "error_step_logp",
+    "log_ratio_to_ref",
+    "sample_nll",
 )
 
 
@@ -393,6 +402,7 @@ def _finish(
             after = [_number(per_seed[s]["last"].get(f"eval/{key}")) for s in seeds]
             before = [_number(per_seed[s]["first"].get(f"eval/{key}")) for s in seeds]
             entry[key] = {"before": before, "after": after, "mean": float(np.mean(after)), "std": float(np.std(after))}
+        entry["path"] = {str(s): per_seed[s]["path"] for s in seeds}  # [log-ratio to pi_ref, accuracy] per eval
         methods[name] = entry
     summary = {"dataset": stats, "seeds": seeds, "methods": methods, "wall_seconds": timings}
     if agreement is not None:
@@ -406,14 +416,27 @@ def _finish(
             f"{name:>10}: held-out accuracy (T={config.eval.temperature:g}) {np.mean(acc['before']):.3f} -> "
             f"{acc['mean']:.3f} ± {acc['std']:.3f}"
             f" (seeds {', '.join(f'{v:.3f}' for v in acc['after'])}), greedy {greedy['mean']:.3f}, correct-step "
-            f"log-lik {np.mean(lik['before']):.4f} -> {lik['mean']:.4f}"
+            f"log-lik {np.mean(lik['before']):.4f} -> {lik['mean']:.4f}, log-ratio to pi_ref "
+            f"{entry['log_ratio_to_ref']['mean']:.4f}/token"
         )
     print(f"done: summary {os.path.join(workdir, 'summary.json')}, figure {png}")
 
 
+def _mean_path(per_seed: dict[str, list]) -> Any:
+    """``[evals, 2]`` mean over seeds of a method's ``[log-ratio, accuracy]`` path (seeds share eval steps; the
+    shortest path sets the length)."""
+    import numpy as np
+
+    n = min((len(p) for p in per_seed.values()), default=0)
+    if n == 0:
+        return np.zeros((0, 2))
+    return np.mean([np.asarray(p[:n], np.float64) for p in per_seed.values()], axis=0)
+
+
 def _plot(workdir: str, methods: dict[str, dict], temperature: float) -> str:
     """Bars of held-out accuracy (mean ± std over seeds, the reference as a line) and of the correct-step
-    log-likelihood change per method."""
+    log-likelihood change per method; with evals along the way (``eval.every``), accuracy against the log-ratio to
+    pi_ref per method (mean over seeds)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -421,7 +444,9 @@ def _plot(workdir: str, methods: dict[str, dict], temperature: float) -> str:
     import numpy as np
 
     names = list(methods)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
+    paths = {n: _mean_path(methods[n]["path"]) for n in names}
+    with_paths = any(len(p) > 2 for p in paths.values())  # evals along the way (eval.every > 0)
+    fig, axes = plt.subplots(1, 3 if with_paths else 2, figsize=(15 if with_paths else 10, 4), dpi=100)
     acc = [methods[n]["accuracy"] for n in names]
     axes[0].bar(names, [a["mean"] for a in acc], yerr=[a["std"] for a in acc], capsize=4, color="tab:blue")
     for i, a in enumerate(acc):  # one dot per seed
@@ -439,6 +464,12 @@ def _plot(workdir: str, methods: dict[str, dict], temperature: float) -> str:
     axes[1].axhline(0.0, color="black", linewidth=0.8)
     axes[1].set_ylabel("change of mean token log-lik (negatives)")
     axes[1].legend(loc="lower left")
+    if with_paths:  # accuracy against distance from pi_ref: compares methods at equal drift
+        for n in names:
+            axes[2].plot(paths[n][:, 0], paths[n][:, 1], "o-", markersize=3, label=n)
+        axes[2].set_xlabel("log-ratio to pi_ref per token, own samples (KL at T=1)")
+        axes[2].set_ylabel(f"held-out accuracy (T={temperature:g})")
+        axes[2].legend()
     fig.suptitle("BCPG-NSA on long-CoT a1+...+an: one offline dataset from pi_ref")
     fig.tight_layout()
     out = os.path.join(workdir, "bcpg_nsa.png")

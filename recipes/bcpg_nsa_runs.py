@@ -202,6 +202,25 @@ def masked_log_likelihoods(logp_fn, model_state, rows: dict[str, np.ndarray], ba
     return {k: sums[k] / counts[k] if counts[k] else float("nan") for k in ANALYSIS_MASKS}
 
 
+def sample_log_ratios(logp_fn, policy, reference, rows: dict[str, np.ndarray], batch_size: int = 128):
+    """How far a policy moved from ``reference``, on its own sampled answers ``rows`` (``inputs``, ``targets``,
+    ``positions``, ``loss_mask``): ``{"log_ratio_to_ref": mean over answer tokens of log pi - log pi_ref (at T = 1
+    sampling: the per-token KL(pi || pi_ref)), "sample_nll": mean -log pi (at T = 1: the per-token entropy)}``."""
+    ratio = nll = count = 0.0
+    for start in range(0, rows["inputs"].shape[0], batch_size):
+        idx = slice(start, start + batch_size)
+        args = (rows["inputs"][idx], rows["positions"][idx], rows["targets"][idx])
+        logp = np.asarray(logp_fn(*policy, *args), np.float64)
+        ref = np.asarray(logp_fn(*reference, *args), np.float64)
+        mask = rows["loss_mask"][idx]
+        ratio += float(((logp - ref) * mask).sum())
+        nll -= float((logp * mask).sum())
+        count += float(mask.sum())
+    if not count:
+        return {"log_ratio_to_ref": float("nan"), "sample_nll": float("nan")}
+    return {"log_ratio_to_ref": ratio / count, "sample_nll": nll / count}
+
+
 def accuracy_by_terms(records: list[dict], rewards, samples_per_prompt: int) -> dict[str, float]:
     """``{"accuracy_terms<k>": mean reward}`` per number of terms ``k`` of the questions (``"3+14+5"`` has 3), from
     prompt-major ``rewards`` (``samples_per_prompt`` consecutive rows per record); empty when every question has the
@@ -213,10 +232,12 @@ def accuracy_by_terms(records: list[dict], rewards, samples_per_prompt: int) -> 
     return {f"accuracy_terms{k}": float(rewards[terms == k].mean()) for k in sorted(set(terms.tolist()))}
 
 
-def make_eval(config, graphdef, tokenizer, eval_records, analysis, logp_fn, seed: int):
+def make_eval(config, graphdef, tokenizer, eval_records, analysis, logp_fn, seed: int, reference=None):
     """``eval_fn(state, step)``: held-out accuracy of ``eval.samples_per_prompt`` samples per question at temperature
-    ``eval.temperature`` (the paper's metric), greedy accuracy, format rate, and the log-likelihood figures on the
-    offline negatives. The sampling key depends on ``(seed, step)`` only: every method is scored on the same draws."""
+    ``eval.temperature`` (the paper's metric), greedy accuracy, format rate, the log-likelihood figures on the
+    offline negatives, and with ``reference = (params, extra)`` (the initial pi_ref) how far the policy moved from it
+    on those sampled answers (``sample_log_ratios``). The sampling key depends on ``(seed, step)`` only: every method
+    is scored on the same draws."""
     import jax
 
     from stepjax.rl.rollout import collect_rollout
@@ -250,6 +271,8 @@ def make_eval(config, graphdef, tokenizer, eval_records, analysis, logp_fn, seed
             out[f"{name}accuracy"] = float(np.mean(per["orz_math"]))
             if not name:  # sampled answers: also per chain length (longer chains are the harder questions)
                 out.update(accuracy_by_terms(eval_records, per["orz_math"], cfg.num_samples))
+                if reference is not None:
+                    out.update(sample_log_ratios(logp_fn, params, reference, rollout.batch))
             out[f"{name}format_rate"] = float(np.mean(per["answer_format"]))
         if analysis is not None:
             out.update(masked_log_likelihoods(logp_fn, params, analysis))

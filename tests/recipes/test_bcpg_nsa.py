@@ -116,10 +116,16 @@ def test_test_variant_end_to_end(tmp_path):
             evals = [r for r in rows if "eval/accuracy" in r]
             assert evals and all(0.0 <= r["eval/accuracy"] <= 1.0 for r in evals)
             assert math.isfinite(evals[-1]["eval/error_step_logp"])
+            assert evals[-1]["eval/sample_nll"] > 0.0 and math.isfinite(evals[-1]["eval/log_ratio_to_ref"])
+            if k == 0:  # step 0 is pi_ref itself
+                assert evals[0]["eval/log_ratio_to_ref"] == pytest.approx(0.0, abs=1e-5)
             if k >= 1:  # resampled from the run's own policy and relabelled
                 assert (workdir / "runs" / f"{name}_s0" / f"offline_iter{k}.jsonl").is_file()
         acc = summary["methods"][name]["accuracy"]
         assert math.isfinite(acc["mean"]) and len(acc["after"]) == 1
+        path = summary["methods"][name]["path"]["0"]  # [log-ratio, accuracy]: pi_ref, then each iteration's end
+        assert len(path) == 1 + config.offline.iterations and path[0][0] == pytest.approx(0.0, abs=1e-5)
+        assert path[-1][1] == acc["after"][0]
     assert set(summary["wall_seconds"]) >= {"warm_start_s", "offline_data_s", "gradient_agreement_s", "rft_s0_s"}
     # First-step gradient agreement at pi_ref: one reliability per method, cosines in [-1, 1] (noise-corrected ones
     # are estimates and may leave it), NSA's same-data direction close to BCPG's.
@@ -158,7 +164,7 @@ def test_reference_eval_cache_follows_weights_and_eval_settings(tmp_path, monkey
 
     monkeypatch.setattr(bcpg_nsa_runs, "make_eval", fake_make_eval)
     config = _config("tiny")
-    state = types.SimpleNamespace(params={"w": jnp.ones((3,))})
+    state = types.SimpleNamespace(params={"w": jnp.ones((3,))}, extra={})
 
     def score(config, state):
         return bcpg_nsa._reference_eval(config, str(tmp_path), None, None, None, None, None, state, 0)
@@ -169,7 +175,8 @@ def test_reference_eval_cache_follows_weights_and_eval_settings(tmp_path, monkey
     assert score(config, state) == {"accuracy": 0.1} and len(calls) == 1
     config.eval.temperature = 0.7
     assert score(config, state) == {"accuracy": 0.2} and calls == [1.0, 0.7]
-    assert score(config, types.SimpleNamespace(params={"w": 2 * jnp.ones((3,))}))["accuracy"] == pytest.approx(0.3)
+    other = types.SimpleNamespace(params={"w": 2 * jnp.ones((3,))}, extra={})
+    assert score(config, other)["accuracy"] == pytest.approx(0.3)
     assert len(calls) == 3
 
 
