@@ -202,3 +202,20 @@ def test_rerun_with_other_eval_settings_is_refused_before_any_work(tmp_path):
         bcpg_nsa.check_run_eval_settings(config, str(tmp_path))
     config.train.seeds = (1,)  # another seed's runs have not been scored yet
     bcpg_nsa.check_run_eval_settings(config, str(tmp_path))
+
+
+def test_paths_average_over_seeds_and_draw_a_third_panel(tmp_path):
+    """``_mean_path`` averages the seeds' [log-ratio, accuracy] paths eval by eval (the shortest sets the length);
+    with more than two evals the figure gains the accuracy-vs-distance panel."""
+    import matplotlib.image
+    import numpy as np
+
+    paths = {"0": [[0.0, 0.5], [0.1, 0.6], [0.2, 0.7]], "1": [[0.0, 0.3], [0.3, 0.4], [0.4, 0.5], [0.5, 0.9]]}
+    np.testing.assert_allclose(bcpg_nsa._mean_path(paths), [[0.0, 0.4], [0.2, 0.5], [0.3, 0.6]])
+    entry = {k: {"before": [-0.1], "after": [-0.05], "mean": -0.05, "std": 0.0} for k in bcpg_nsa.SUMMARY_KEYS}
+    entry["accuracy"] = {"before": [0.4], "after": [0.6], "mean": 0.6, "std": 0.01}
+    methods = {"rft": dict(entry, path=paths), "bcpg": dict(entry, path=paths)}
+    wide = matplotlib.image.imread(bcpg_nsa._plot(str(tmp_path), methods, 1.0))
+    short = {n: dict(m, path={"0": paths["0"][:2]}) for n, m in methods.items()}
+    narrow = matplotlib.image.imread(bcpg_nsa._plot(str(tmp_path), short, 1.0))
+    assert wide.shape[1] == 1500 and narrow.shape[1] == 1000  # 15 vs 10 inches at 100 dpi
