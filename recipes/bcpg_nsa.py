@@ -337,6 +337,9 @@ def _record_run_eval_settings(config: ml_collections.ConfigDict, run_dir: str) -
         json.dump(_eval_settings(config), f, indent=1)
 
 
+REFERENCE_EVAL_VERSION = 2  # 2: eval/log_ratio_to_ref and eval/sample_nll
+
+
 def _reference_eval(config, workdir, graphdef, tokenizer, held_out, analysis, logp_fn, sft_state, seed):
     """The held-out scores of ``pi_ref`` (every run's step 0), cached in ``<workdir>/reference_eval_s<seed>.json``."""
     from recipes import bcpg_nsa_runs as parts
@@ -344,7 +347,11 @@ def _reference_eval(config, workdir, graphdef, tokenizer, held_out, analysis, lo
 
     path = os.path.join(workdir, f"reference_eval_s{seed}.json")
     # The cache is valid only for the same pi_ref weights and eval settings (a rerun may change eval.temperature).
-    settings = {"reference": params_fingerprint(sft_state.params), **_eval_settings(config)}
+    settings = {
+        "reference": params_fingerprint(sft_state.params),
+        "metrics": REFERENCE_EVAL_VERSION,  # a cache from before a metric was added is re-scored
+        **_eval_settings(config),
+    }
     if os.path.isfile(path):
         with open(path) as f:
             cached = json.load(f)

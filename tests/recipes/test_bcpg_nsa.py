@@ -178,6 +178,12 @@ def test_reference_eval_cache_follows_weights_and_eval_settings(tmp_path, monkey
     other = types.SimpleNamespace(params={"w": 2 * jnp.ones((3,))}, extra={})
     assert score(config, other)["accuracy"] == pytest.approx(0.3)
     assert len(calls) == 3
+    # A cache written before the current metric set (no "metrics" version) is re-scored, not reused.
+    cache = tmp_path / "reference_eval_s0.json"
+    stored = json.loads(cache.read_text())
+    del stored["settings"]["metrics"]
+    cache.write_text(json.dumps(stored))
+    assert score(config, other)["accuracy"] == pytest.approx(0.4) and len(calls) == 4
 
 
 def test_accuracy_by_terms_groups_prompt_major_rows_by_chain_length():
