@@ -223,9 +223,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
 
     from recipes import bcpg_nsa_runs as parts
     from recipes.bcpg_nsa_gradients import first_step_agreement
+    from recipes.stage import stage_outcome
     from stepjax.rl.offline import run_offline_iterations
     from stepjax.sharding import make_mesh, normalize_rules
-    from stepjax.train import NonFiniteLossError, Preempted
 
     t_start = time.perf_counter()
     check_run_eval_settings(config, workdir)
@@ -260,7 +260,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
             print(f"warning: first-step gradient agreement skipped: {err}", file=sys.stderr)
         timings["gradient_agreement_s"] = time.perf_counter() - t_data
     results: dict[str, dict[str, Any]] = {}
-    try:
+
+    def all_runs() -> dict[str, dict[str, Any]]:
         for seed in config.train.seeds:
             base_eval = _reference_eval(
                 config, workdir, graphdef, tokenizer, held_out, analysis, logp_fn, sft_state, seed
@@ -291,12 +292,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
                 run_offline_iterations(reference, iterations=o.iterations, sample=sample, train=train)
                 timings[f"{name}_s{seed}_s"] = time.perf_counter() - t0
                 results[f"{name}_s{seed}"] = _run_result(run_dir, config.offline.iterations)
-    except Preempted as stop:
-        print(str(stop))
-        return 0
-    except NonFiniteLossError as err:
-        print(f"error: {err}")
-        return 3
+        return results
+
+    status, finished = stage_outcome(all_runs)  # SIGTERM: 0 after the checkpoint; a non-finite loss: 3
+    if finished is None:
+        return status
     if jax.process_index() == 0:
         _finish(config, workdir, stats, results, timings, agreement)
     return 0

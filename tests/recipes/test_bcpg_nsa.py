@@ -225,3 +225,27 @@ def test_paths_average_over_seeds_and_draw_a_third_panel(tmp_path):
     short = {n: dict(m, path={"0": paths["0"][:2]}) for n, m in methods.items()}
     narrow = matplotlib.image.imread(bcpg_nsa._plot(str(tmp_path), short, 1.0))
     assert wide.shape[1] == 1500 and narrow.shape[1] == 1000  # 15 vs 10 inches at 100 dpi
+
+
+def test_a_stopped_method_run_maps_to_the_exit_status_and_writes_no_summary(tmp_path, monkeypatch, capsys):
+    """A non-finite loss inside a method run ends the recipe with status 3 and its message; a SIGTERM stop with
+    status 0 and the resume hint; neither writes a summary from unfinished runs."""
+    from recipes import bcpg_nsa_runs
+    from stepjax.train import NonFiniteLossError, Preempted
+
+    config = _config("test")
+    config.offline.iterations = 1
+    config.diagnostics.gradient_agreement = False
+    workdir = str(tmp_path)
+    for error, status, message in (
+        (NonFiniteLossError(2, {"loss": float("nan")}), 3, "error: non-finite loss or gradients at step 2"),
+        (Preempted(1, workdir, "SIGTERM"), 0, "preempted by SIGTERM at step 1"),
+    ):
+
+        def stop(*args, error=error, **kwargs):
+            raise error
+
+        monkeypatch.setattr(bcpg_nsa_runs, "train_method", stop)
+        assert bcpg_nsa.run(config, workdir) == status
+        assert message in capsys.readouterr().out
+        assert not (tmp_path / "summary.json").exists()
