@@ -184,20 +184,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 def _warm_start_config(config: ml_collections.ConfigDict, paths: tuple[str, str] | None) -> ml_collections.ConfigDict:
     """The ``lm_sft`` config of stage 1 (``paths``: the SFT JSONL files; None while validating, before they exist)."""
-    sft = lm_sft.schema()
-    sft.seed = config.seed
-    # Copies: the checkpoint section is changed below, and the method runs read the caller's checkpoint.every.
-    for key in ("model", "tokenizer", "checkpoint", "mesh", "sharding", "distributed"):
-        sft[key] = config[key].copy_and_resolve_references()
+    sft = lm_sft.stage_config(config)
     if paths is None:
         sft.data.update(source="arithmetic", seq_len=config.data.seq_len)
     else:
         sft.data.update(source="jsonl", path=paths[0], eval_path=paths[1], seq_len=config.data.seq_len)
-    w = config.warm_start
-    sft.train.update(total_steps=max(w.steps, 1), batch_size=w.batch_size, log_every=max(config.train.log_every, 1))
-    sft.optimizer.update(learning_rate=w.learning_rate, warmup_steps=w.warmup_steps)
-    sft.eval.update(num_examples=w.eval_examples, max_new_tokens=config.offline.max_new_tokens)
-    sft.checkpoint.every = max(w.steps, 1)
+    sft.eval.update(num_examples=config.warm_start.eval_examples, max_new_tokens=config.offline.max_new_tokens)
     return sft
 
 

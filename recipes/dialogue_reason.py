@@ -239,19 +239,10 @@ def _eval_views(config: ml_collections.ConfigDict) -> list[dict]:
 
 def _warm_start_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """The ``lm_sft`` config of stage 1 (its records come from ``_warm_start_source``, not ``data.source``)."""
-    sft = lm_sft.schema()
-    sft.seed = config.seed
-    # Copies: lm_sft's sections are changed below and the RL stage reads the same keys (e.g. checkpoint.every).
-    for key in ("model", "tokenizer", "checkpoint", "mesh", "sharding", "distributed"):
-        sft[key] = config[key].copy_and_resolve_references()
-    w = config.warm_start
+    sft = lm_sft.stage_config(config)
     sft.data.update(seq_len=config.data.seq_len, packing=config.data.packing)
-    sft.train.update(
-        total_steps=w.steps, batch_size=w.batch_size, log_every=config.train.log_every, nonfinite=config.train.nonfinite
-    )
+    sft.train.nonfinite = config.train.nonfinite
     # lm_sft's optimizer defaults already carry weight_decay 0.01 and b2 0.98.
-    sft.optimizer.update(learning_rate=w.learning_rate, warmup_steps=w.warmup_steps)
-    sft.checkpoint.every = w.steps
     return sft
 
 

@@ -91,6 +91,27 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise cc.ConfigError(f"'config.model': {err}") from err
 
 
+# The sections a recipe's warm-start stage shares with the recipe (copied, never aliased).
+STAGE_SECTIONS = ("model", "tokenizer", "checkpoint", "mesh", "sharding", "distributed")
+
+
+def stage_config(config: ml_collections.ConfigDict, *, sections: tuple[str, ...] = ()) -> ml_collections.ConfigDict:
+    """This recipe's config for another recipe's warm-start stage, from the caller's ``config``: its seed; copies of
+    its ``STAGE_SECTIONS`` and ``sections`` (copies: this stage changes ``checkpoint.every``, and the caller's later
+    stages read their own); ``train``/``optimizer`` from ``config.warm_start`` (``steps``, ``batch_size``,
+    ``learning_rate``, ``warmup_steps``) with ``config.train.log_every``; one checkpoint, at the end. Callers then
+    set what is their own (data, eval)."""
+    sft = schema()
+    sft.seed = config.seed
+    for key in STAGE_SECTIONS + tuple(sections):
+        sft[key] = config[key].copy_and_resolve_references()
+    w = config.warm_start
+    sft.train.update(total_steps=max(w.steps, 1), batch_size=w.batch_size, log_every=max(config.train.log_every, 1))
+    sft.optimizer.update(learning_rate=w.learning_rate, warmup_steps=w.warmup_steps)
+    sft.checkpoint.every = max(w.steps, 1)
+    return sft
+
+
 def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> LLMConfig:
     fields = config.model.to_dict()
     fields["vocab_size"] = fields["vocab_size"] or vocab_size

@@ -120,17 +120,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 def _warm_start_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """The ``lm_sft`` config of stage 1."""
-    sft = lm_sft.schema()
-    sft.seed = config.seed
-    # Copies: the checkpoint section is changed below, and the RL stage reads the caller's checkpoint.every.
-    for key in ("model", "tokenizer", "data", "checkpoint", "mesh", "sharding", "distributed"):
-        sft[key] = config[key].copy_and_resolve_references()
-    w = config.warm_start
-    sft.train.update(total_steps=max(w.steps, 1), batch_size=w.batch_size, log_every=config.train.log_every)
-    sft.optimizer.update(learning_rate=w.learning_rate, warmup_steps=w.warmup_steps)
-    sft.eval.update(num_examples=w.eval_examples, max_new_tokens=config.rl.max_new_tokens)
-    sft.checkpoint.every = max(w.steps, 1)
+    """The ``lm_sft`` config of stage 1 (the recipe's own data section)."""
+    sft = lm_sft.stage_config(config, sections=("data",))
+    sft.eval.update(num_examples=config.warm_start.eval_examples, max_new_tokens=config.rl.max_new_tokens)
     return sft
 
 

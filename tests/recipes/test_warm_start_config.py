@@ -25,3 +25,20 @@ def test_building_the_warm_start_config_leaves_the_recipe_config_unchanged(modul
     sft = build(module, config)
     assert sft.checkpoint.every == config.warm_start.steps != config.checkpoint.every
     assert config.to_dict() == before
+
+
+def test_stage_config_copies_the_shared_sections_and_maps_the_warm_start():
+    from recipes import lm_sft
+
+    config = load_config("orz_ppo", "tiny")
+    sft = lm_sft.stage_config(config, sections=("data",))
+    for key in (*lm_sft.STAGE_SECTIONS, "data"):
+        assert sft[key] is not config[key]  # copies, so the stage may change them
+    assert sft.model.to_dict() == config.model.to_dict() and sft.data.to_dict() == config.data.to_dict()
+    w = config.warm_start
+    assert (sft.seed, sft.train.total_steps, sft.train.batch_size) == (config.seed, w.steps, w.batch_size)
+    assert (sft.optimizer.learning_rate, sft.optimizer.warmup_steps) == (w.learning_rate, w.warmup_steps)
+    assert sft.train.log_every == config.train.log_every and sft.checkpoint.every == w.steps
+    sft.checkpoint.keep = 99
+    assert config.checkpoint.keep != 99
+    lm_sft.validate(sft)
