@@ -98,8 +98,11 @@ def gradient_agreement(
             per_split["signal_cosine"].setdefault(key, []).append(float(signal))
     out: dict[str, dict[str, float]] = {}
     for kind, values in per_split.items():
-        out[kind] = {k: float(np.mean(v)) for k, v in values.items()}
-        out[f"{kind}_spread"] = {k: float(np.std(v)) for k, v in values.items()}
+        # A halving where an objective's two halves disagree (reliability <= 0) has no noise-corrected cosine: it is
+        # left out of the mean (NaN only when every halving is such).
+        finite = {k: [x for x in v if np.isfinite(x)] for k, v in values.items()}
+        out[kind] = {k: float(np.mean(v)) if v else float("nan") for k, v in finite.items()}
+        out[f"{kind}_spread"] = {k: float(np.std(v)) if v else float("nan") for k, v in finite.items()}
     return out
 
 
@@ -108,8 +111,10 @@ def format_agreement(result: Mapping[str, Mapping[str, float]]) -> str:
     lines = ["split-half gradient reliability: " + ", ".join(f"{k} {v:.3f}" for k, v in result["reliability"].items())]
     for key, value in result["signal_cosine"].items():
         a, b = key.split("|")
-        lines.append(
-            f"  {a} vs {b}: noise-corrected cosine {value:.3f} ± {result['signal_cosine_spread'][key]:.3f}, "
-            f"same-data cosine {result['same_data'][key]:.3f}"
+        signal = (
+            f"{value:.3f} ± {result['signal_cosine_spread'][key]:.3f}"
+            if np.isfinite(value)
+            else "n/a (a reliability <= 0: too few groups)"
         )
+        lines.append(f"  {a} vs {b}: noise-corrected cosine {signal}, same-data cosine {result['same_data'][key]:.3f}")
     return "\n".join(lines)

@@ -85,3 +85,18 @@ def test_each_fold_is_asked_once_and_few_groups_use_fewer_folds():
     assert sorted(r for rows in asked[:4] for r in rows) == list(range(10))  # the folds cover every row once
     assert all(len(rows) in (2, 4) and rows[0] // 2 == rows[1] // 2 for rows in asked)  # whole groups
     assert result["same_data"]["a|b"] == pytest.approx(1.0)
+
+
+def test_halvings_without_a_defined_signal_cosine_are_left_out():
+    """Four groups, one per fold: of the three halvings, one splits ``a`` into orthogonal halves (reliability 0, no
+    noise-corrected cosine); the mean is over the other two. Halves pointing opposite ways everywhere give NaN."""
+    a = np.asarray([[1.0, 1.0], [1.0, -1.0], [1.0, 1.0], [1.0, -1.0]])
+    b = np.asarray([[1.0, 0.0]] * 4)
+    result = gradient_agreement({"a": lambda idx: a[idx].sum(0), "b": lambda idx: b[idx].sum(0)}, np.arange(4), folds=4)
+    assert result["reliability"]["a"] == pytest.approx(2 / 3)
+    assert result["signal_cosine"]["a|b"] == pytest.approx(1.0)
+    opposite = np.asarray([[1.0, 0.0], [-1.0, 0.0]])
+    none = gradient_agreement(
+        {"a": lambda idx: opposite[idx].sum(0), "b": lambda idx: b[idx].sum(0)}, np.arange(2), folds=2
+    )
+    assert none["reliability"]["a"] == pytest.approx(-1.0) and np.isnan(none["signal_cosine"]["a|b"])

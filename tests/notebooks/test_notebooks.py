@@ -25,6 +25,13 @@ def _code(path: Path) -> str:
 
 # Each notebook and lines its output must contain (its "test" variant runs the same cells on a tiny budget).
 EXPECTED_OUTPUT = {
+    "bcpg_nsa.ipynb": (
+        "offline dataset:",
+        "first-step gradients at pi_ref:",
+        "noise-corrected cosine",
+        "log-ratio to pi_ref",
+        "REINFORCE vs baseline:",
+    ),
     "orz_ppo_tiny.ipynb": ("before:", "after:"),
     "pdeil.ipynb": ("expert PPO:", "PDEIL: final returns", "BC: final returns", "Pearson(learned, true)"),
 }
