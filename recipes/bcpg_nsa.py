@@ -108,9 +108,7 @@ def schema() -> ml_collections.ConfigDict:
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """Checks keys, types, choices and cross-field constraints; raises ``ConfigError`` naming the key."""
-    cc.check_against_schema(
-        config, schema(), open_sections=("config.model.rope_scaling", "config.mesh.shape", "config.sharding.rules")
-    )
+    cc.check_against_schema(config, schema(), open_sections=defaults.LM_OPEN_SECTIONS)
     cc.check_choice(config, "config.train.nonfinite", ("error", "skip"))
     cc.check_choice(config, "config.policy.aggregation", ("sequence_mean", "token_mean"))
     cc.check_positive(

@@ -124,9 +124,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     """Checks keys, types, choices and cross-field constraints; raises ``ConfigError`` naming the key."""
     from stepjax.data.compound_qa import SOURCES, length_budget
 
-    cc.check_against_schema(
-        config, schema(), open_sections=("config.model.rope_scaling", "config.mesh.shape", "config.sharding.rules")
-    )
+    cc.check_against_schema(config, schema(), open_sections=defaults.LM_OPEN_SECTIONS)
     cc.check_choice(config, "config.format", FORMATS)
     cc.check_choice(config, "config.rl.algorithm", ("ppo", "grpo"))
     cc.check_choice(config, "config.rl.group_scale", ("group", "batch", "none"))

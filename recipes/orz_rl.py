@@ -82,9 +82,7 @@ def schema() -> ml_collections.ConfigDict:
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """Checks keys, types, choices and cross-field constraints; raises ``ConfigError`` naming the key."""
-    cc.check_against_schema(
-        config, schema(), open_sections=("config.model.rope_scaling", "config.mesh.shape", "config.sharding.rules")
-    )
+    cc.check_against_schema(config, schema(), open_sections=defaults.LM_OPEN_SECTIONS)
     cc.check_choice(config, "config.rl.algorithm", ("ppo", "grpo"))
     cc.check_choice(config, "config.rl.group_scale", ("group", "batch", "none"))
     cc.check_choice(config, "config.rl.lr_schedule", ("warmup_constant", "warmup_cosine", "warmup_linear"))

@@ -9,6 +9,10 @@ import ml_collections
 
 from stepjax.sharding.rules import DEFAULT_RULES
 
+# Sections of an LM recipe whose keys are the user's to choose (``check_against_schema``'s ``open_sections``): the
+# RoPE scaling dict, the mesh's axis sizes and the sharding rules table.
+LM_OPEN_SECTIONS = ("config.model.rope_scaling", "config.mesh.shape", "config.sharding.rules")
+
 
 def train_section() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(
