@@ -21,7 +21,12 @@ GRADIENT_KEYS = ("inputs", "targets", "loss_mask", "positions", "ref_log_probs",
 
 
 def method_gradient_fns(
-    graphdef, reference, rows: dict[str, np.ndarray], runs: list[tuple[str, str, float]], batch_size: int = 64
+    graphdef,
+    reference,
+    rows: dict[str, np.ndarray],
+    runs: list[tuple[str, str, float]],
+    batch_size: int = 64,
+    aggregation: str = "sequence_mean",
 ) -> dict[str, Callable[[np.ndarray], np.ndarray]]:
     """``{run name: fn(row indices) -> [P] float64}``: the summed (unnormalised) loss gradient of that method over
     those rows at ``reference = (params, extra)``, flattened.
@@ -31,31 +36,20 @@ def method_gradient_fns(
         positives, as its own rows hold.
       runs: ``planned_runs(config)``: ``(name, method, beta)``.
       batch_size: rows per jitted call (the last batch is padded with empty rows, which add nothing).
+      aggregation: BCPG/NSA's ``policy.aggregation``.
     """
     import jax
     import jax.numpy as jnp
 
-    from stepjax.objectives import bcpg_loss, sft_loss, token_log_probs
+    from recipes.bcpg_nsa_runs import loss_fn
     from stepjax.train import merge_model
 
     params, extra = reference
 
     def total(params, batch, method: str, beta: float):
-        logits = merge_model(graphdef, params, extra)(batch["inputs"], batch["positions"])
-        logp = token_log_probs(logits, batch["targets"])
-        if method == "rft":
-            return sft_loss(logp, batch["loss_mask"] * (batch["rewards"] > 0)[:, None])["sft"].total
-        terms = bcpg_loss(
-            logp,
-            batch["ref_log_probs"],
-            batch["loss_mask"],
-            batch["rewards"],
-            positive_step_mask=batch["step_mask"],
-            baselines=batch["baselines"],
-            beta=beta,
-            tau=0.0,  # its gradient is 0 at pi_ref anyway
-        )
-        return terms["bcpg"].total
+        # The training loss itself; tau 0: the constraint's gradient is 0 at pi_ref anyway.
+        terms = loss_fn(method, beta, 0.0, aggregation)(merge_model(graphdef, params, extra), batch, None)
+        return terms["sft" if method == "rft" else "bcpg"].total
 
     grad = jax.jit(jax.grad(total), static_argnames=("method", "beta"))
 
@@ -100,7 +94,7 @@ def first_step_agreement(config, workdir: str, graphdef, reference, rows: dict[s
             cached = json.load(f)
         if cached.get("settings") == settings:
             return cached["agreement"]
-    fns = method_gradient_fns(graphdef, reference, rows, runs)
+    fns = method_gradient_fns(graphdef, reference, rows, runs, aggregation=config.policy.aggregation)
     agreement = gradient_agreement(fns, rows["groups"], folds=settings["folds"], seed=settings["seed"])
     with open(path, "w") as f:
         json.dump({"settings": settings, "agreement": agreement}, f, indent=1)

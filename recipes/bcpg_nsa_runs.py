@@ -293,8 +293,8 @@ def loss_fn(method: str, beta: float, tau: float, aggregation: str):
     def fn(model, batch, rng):
         del rng
         logp = token_log_probs(model(batch["inputs"], batch["positions"]), batch["targets"])
-        if method == "rft":
-            return sft_loss(logp, batch["loss_mask"])
+        if method == "rft":  # on the positives (RFT's own rows hold only those; BCPG rows hold both)
+            return sft_loss(logp, batch["loss_mask"] * (batch["rewards"] > 0)[:, None])
         return bcpg_loss(
             logp,
             batch["ref_log_probs"],

@@ -159,19 +159,11 @@ def _check_dpo_options(config: ml_collections.ConfigDict) -> None:
 
 
 def _warm_start_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """The ``lm_sft`` config of stage 1: ``orz_rl``'s warm start (same data knobs and defaults)."""
-    rl = orz_rl.schema()
-    rl.seed = config.seed
-    rl.model, rl.tokenizer = config.model, config.tokenizer
-    data = config.data.to_dict()
-    del data["pairs_path"]
-    rl.data = data
-    rl.warm_start = config.warm_start
-    rl.rl.max_new_tokens = config.pairs.max_new_tokens
-    rl.train.log_every = config.train.log_every
-    rl.checkpoint = config.checkpoint
-    rl.mesh, rl.sharding, rl.distributed = config.mesh, config.sharding, config.distributed
-    return orz_rl._warm_start_config(rl)
+    """The ``lm_sft`` config of stage 1: SFT on the recipe's data section (its pair file aside), as ``orz_rl``'s."""
+    sft = lm_sft.stage_config(config)
+    sft.data = ml_collections.ConfigDict({k: v for k, v in config.data.to_dict().items() if k != "pairs_path"})
+    sft.eval.update(num_examples=config.warm_start.eval_examples, max_new_tokens=config.pairs.max_new_tokens)
+    return sft
 
 
 # --------------------------------------------------------------------------------------------------------- running
